@@ -1,0 +1,101 @@
+"""The middlewares every request passes, outermost first: the request context (request id, access line, client
+disconnects), error rendering (`errors.error_middleware`), browser-origin policy, and API-key authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+import secrets
+import time
+
+import structlog
+from aiohttp import web
+
+from maxproxy import errors
+from maxproxy.errors import Handler
+from maxproxy.state import ACCESS, SETTINGS, Access
+
+log = structlog.get_logger("maxproxy.access")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+OPEN_PATHS = frozenset({"/health"})  # liveness must work without a key (service managers, `doctor`)
+
+
+@web.middleware
+async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id (the client's `x-request-id` if sane, else a new one) and write one access line."""
+    supplied = request.headers.get("x-request-id", "")
+    request_id = supplied if _REQUEST_ID.fullmatch(supplied) else "req_" + secrets.token_hex(8)
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    access = request[ACCESS] = Access()
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers["x-request-id"] = request_id
+        return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        access.disconnected = True
+        status = 499  # the client went away (nginx's convention)
+        raise
+    finally:
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            **{k: v for k, v in vars(access).items() if v is not None},
+        )
+        structlog.contextvars.unbind_contextvars("request_id")
+
+
+def _cors_headers(origin: str) -> dict[str, str]:
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-Id, X-Session-Id",
+        "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+        "Access-Control-Max-Age": "600",
+        "Vary": "Origin",
+    }
+
+
+@web.middleware
+async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A web page the user opens must not drive the CLI: browser requests need an allow-listed Origin."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return await handler(request)
+    if origin not in request.app[SETTINGS].cors_origins:
+        raise errors.Forbidden(f"Origin {origin!r} is not allowed (setting `cors_origins`)", code="origin_not_allowed")
+    if request.method == "OPTIONS":
+        return web.Response(status=204, headers=_cors_headers(origin))
+    try:
+        response = await handler(request)
+    except errors.ProxyError as exc:
+        response = exc.response()  # rendered here so the page can read the error
+    if not response.prepared:
+        response.headers.update(_cors_headers(origin))
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    keys = request.app[SETTINGS].api_keys
+    if not keys or request.path in OPEN_PATHS:
+        return await handler(request)
+    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
+    token = supplied.strip().encode()
+    # Compare against every key, always, in constant time per key: no early exit tells which prefix matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(token, key.encode())
+    if scheme.lower() != "bearer" or not matched:
+        raise errors.AuthenticationFailed(
+            "Missing or invalid API key: send `Authorization: Bearer <key>` with a key from `api_keys`"
+        )
+    return await handler(request)

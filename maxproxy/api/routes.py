@@ -1,0 +1,208 @@
+"""The HTTP handlers: `GET /health`, `GET /v1/models[/{id}]` and `POST /v1/chat/completions` (JSON or SSE).
+
+A chat request is decoded and checked (`schema`), turned into a CLI turn (`prompt`), run on a worker from the pool,
+and its events are turned into the answer (`reply`). Streams hold their response headers until the first token or
+the first keepalive tick, so an error that comes early still gets its real HTTP status; after that an error becomes
+a final `data: {"error": ...}` event before `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import structlog
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from maxproxy import __version__, errors, prompt, reply
+from maxproxy.api.schema import ChatRequest, ModelCard, ModelList, ignored_fields, request_decoder
+from maxproxy.claude.events import Event, System
+from maxproxy.claude.worker import Watchdog, Worker
+from maxproxy.state import ACCESS, CLI, POOL, SETTINGS
+
+log = structlog.get_logger("maxproxy.api")
+routes = web.RouteTableDef()
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    cli = request.app[CLI]
+    ready = cli.found and cli.error is None
+    body = {
+        "status": "ok" if ready else "unavailable",
+        "version": __version__,
+        "ready": ready,
+        "cli": {
+            "path": cli.path,
+            "found": cli.found,
+            "version": cli.version,
+            "pinned_version": cli.pinned_version,
+            "api_key_source": cli.api_key_source,
+            "token_source": cli.token_source,
+            "billing": cli.billing,
+            "error": cli.error,
+        },
+        "workers": {"busy": request.app[POOL].busy},
+    }
+    return web.json_response(body, status=200 if ready else 503)
+
+
+@routes.get("/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    table = request.app[SETTINGS].model_table
+    cards = ModelList(data=[ModelCard(id=name, created=model.created) for name, model in table.items()])
+    return web.Response(body=msgspec.json.encode(cards), content_type="application/json")
+
+
+@routes.get("/v1/models/{model}")
+async def get_model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    model = request.app[SETTINGS].model_table.get(name)
+    if model is None:
+        raise errors.ModelNotFound(f"The model {name!r} does not exist", param="model")
+    return web.Response(
+        body=msgspec.json.encode(ModelCard(id=name, created=model.created)), content_type="application/json"
+    )
+
+
+def decode(body: bytes) -> ChatRequest:
+    try:
+        return request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).partition(" - at `$")
+        param = where.rstrip("`").lstrip(".") or None
+        raise errors.InvalidRequest(
+            f"Invalid request: {message}" + (f" (at {param})" if param else ""), param=param
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise errors.InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+@routes.post("/v1/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    access = request[ACCESS]
+    chat = decode(await request.read())
+    access.model, access.stream = chat.model, chat.stream
+    turn = prompt.build(chat, settings)
+    headers: dict[str, str] = {}
+    if ignored := ignored_fields(chat):
+        headers["x-maxproxy-ignored-params"] = ",".join(ignored)
+    answer = Answer(request, chat, headers)
+    async with request.app[POOL].acquire(turn.launch) as worker:
+        watchdog = Watchdog(settings.inactivity_timeout, settings.max_turn_seconds)
+        if chat.stream:
+            return await answer.stream(worker, turn.lines, watchdog)
+        return await answer.complete(worker, turn.lines, watchdog)
+
+
+class Answer:
+    """One chat completion being answered: the events of its turn go to the client as JSON or as SSE chunks."""
+
+    def __init__(self, request: web.Request, chat: ChatRequest, headers: dict[str, str]) -> None:
+        self.request = request
+        self.chat = chat
+        self.headers = headers
+        self.id = reply.new_id()
+        self.created = int(time.time())
+        self.started = time.monotonic()
+        self.assembler = reply.Assembler(streaming=chat.stream)
+        self.access = request[ACCESS]
+        self._interrupted = False
+
+    async def _take(self, worker: Worker, event: Event) -> str:
+        """Feed one event; returns the text the client may see now."""
+        assembler = self.assembler
+        text = assembler.feed(event)
+        if isinstance(event, System) and event.subtype == "init" and event.apiKeySource is not None:
+            self.request.app[CLI].api_key_source = event.apiKeySource
+        if assembler.stop_requested and not self._interrupted:
+            # The CLI would "continue" past the output limit on its own; the client asked for this many tokens.
+            self._interrupted = True
+            await worker.interrupt()
+        return text
+
+    def _finish_access(self) -> None:
+        usage = self.assembler.usage()
+        self.access.prompt_tokens = usage.prompt_tokens
+        self.access.completion_tokens = usage.completion_tokens
+
+    async def complete(self, worker: Worker, lines: list[dict[str, object]], watchdog: Watchdog) -> web.Response:
+        async with contextlib.aclosing(worker.turn(lines, watchdog)) as events:
+            async for event in events:
+                if event is not None:  # no ticks were asked for; None never comes
+                    await self._take(worker, event)
+                if self.assembler.error is not None:
+                    break
+        if failure := self.assembler.failure():
+            raise failure
+        self._finish_access()
+        body = reply.completion(self.id, self.created, self.chat.model, self.assembler)
+        return web.Response(body=body, content_type="application/json", headers=self.headers)
+
+    async def stream(self, worker: Worker, lines: list[dict[str, object]], watchdog: Watchdog) -> web.StreamResponse:
+        settings = self.request.app[SETTINGS]
+        chunks = reply.Chunks(self.id, self.created, self.chat.model)
+        response = EventSourceResponse(
+            headers=self.headers, sep="\n", allow_all_methods=True, ping_interval=settings.keepalive_interval
+        )
+
+        async def open_stream() -> None:
+            if not response.prepared:
+                await response.prepare(self.request)
+                await response.send(chunks.role())
+
+        try:
+            return await self._stream(worker, lines, watchdog, response, open_stream, chunks)
+        except (ConnectionResetError, TimeoutError):
+            # The client went away or stopped reading; leaving the pool context interrupts and stops the turn.
+            self.access.disconnected = True
+            return response
+
+    async def _stream(
+        self,
+        worker: Worker,
+        lines: list[dict[str, object]],
+        watchdog: Watchdog,
+        response: EventSourceResponse,
+        open_stream: Callable[[], Awaitable[None]],
+        chunks: reply.Chunks,
+    ) -> web.StreamResponse:
+        settings = self.request.app[SETTINGS]
+        failure: errors.ProxyError | None = None
+        try:
+            async with contextlib.aclosing(worker.turn(lines, watchdog, tick=settings.keepalive_interval)) as events:
+                async for event in events:
+                    if event is None:  # silence: start the stream so keepalives can flow
+                        await open_stream()
+                        continue
+                    if text := await self._take(worker, event):
+                        await open_stream()
+                        if self.access.ttft_ms is None:
+                            self.access.ttft_ms = round((time.monotonic() - self.started) * 1000, 1)
+                        await response.send(chunks.content(text))
+                    if self.assembler.error is not None:
+                        break
+        except errors.ProxyError as exc:
+            failure = exc
+        else:
+            failure = self.assembler.failure()
+        if failure is not None and not response.prepared:
+            raise failure
+        await open_stream()
+        if failure is None:
+            self._finish_access()
+            await response.send(chunks.finish(self.assembler.finish_reason))
+            if self.chat.stream_options is not None and self.chat.stream_options.include_usage:
+                await response.send(chunks.usage(self.assembler.usage()))
+        else:
+            self.access.error = failure.code
+            log.warning("stream_failed", code=failure.code, message=failure.message)
+            await response.send(failure.body().decode())
+        await response.send("[DONE]")
+        response.stop_streaming()
+        await response.wait()
+        return response

@@ -1,0 +1,74 @@
+"""How a CLI worker is started: the argv and environment for one `claude` process, from the settings and a
+`Launch` (what must be fixed at spawn time: model, system prompt flag, output limit). No prompt text ever goes on
+argv, only flags; the child inherits the server's environment (minus `CLAUDECODE`, which would make the CLI think it
+runs inside another Claude Code session) plus bounded upstream retry and timeout limits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+from maxproxy.settings import Settings
+
+
+class Launch(msgspec.Struct, frozen=True):
+    """What a worker process is fixed to for its whole life (the pool keys warm workers by it)."""
+
+    model: str  # `--model`
+    system_prompt: str | None = None  # only in the "append"/"replace" system prompt modes
+    max_output_tokens: int | None = None  # CLAUDE_CODE_MAX_OUTPUT_TOKENS
+
+
+def argv(settings: Settings, launch: Launch | None) -> list[str]:
+    args = [
+        settings.cli_path,
+        "-p",
+        "--input-format",
+        "stream-json",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--include-partial-messages",
+        # Proxy conversations are replayed from the client's history; nothing needs the CLI's transcripts yet.
+        "--no-session-persistence",
+        # Only MCP servers maxproxy declares; never the user's own, which could expose tools to API clients.
+        "--strict-mcp-config",
+        "--permission-mode",
+        settings.permission_mode,
+        "--tools",
+        settings.cli_tools,
+    ]
+    if settings.allowed_tools:
+        args += ["--allowedTools", ",".join(settings.allowed_tools)]
+    if settings.disallowed_tools:
+        args += ["--disallowedTools", ",".join(settings.disallowed_tools)]
+    if launch is not None:
+        args += ["--model", launch.model]
+    # A system prompt of the "append"/"replace" modes goes in the `initialize` request on stdin, not on argv.
+    return args
+
+
+def initialize_request(settings: Settings, launch: Launch) -> dict[str, object]:
+    """The fields of the `initialize` control request that fix the process's system prompt."""
+    if launch.system_prompt is None:
+        return {}
+    key = "systemPrompt" if settings.system_prompt_mode == "replace" else "appendSystemPrompt"
+    return {key: [launch.system_prompt] if key == "systemPrompt" else launch.system_prompt}
+
+
+def environment(settings: Settings, launch: Launch | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.pop("CLAUDECODE", None)
+    env.update(
+        CLAUDE_CODE_MAX_RETRIES=str(settings.upstream_retries),
+        API_TIMEOUT_MS=str(int(settings.upstream_timeout * 1000)),
+        CLAUDE_BYTE_STREAM_IDLE_TIMEOUT_MS=str(int(settings.upstream_idle_timeout * 1000)),
+        # The pinned CLI must stay the pinned CLI.
+        DISABLE_AUTOUPDATER="1",
+    )
+    if launch is not None and launch.max_output_tokens is not None:
+        env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(launch.max_output_tokens)
+    return env

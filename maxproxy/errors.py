@@ -1,0 +1,190 @@
+"""The exception tree: every error maxproxy answers with is a `ProxyError` carrying its HTTP status, the OpenAI
+error `type`, a `code` and, where a request field is at fault, a `param`. One middleware renders them all as
+`{"error": {"message", "type", "param", "code"}}`; aiohttp's own HTTP errors (404, 405, 413) are converted to the same
+shape, and anything unexpected becomes a 500 without a traceback in the body (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger("maxproxy.errors")
+
+
+class ProxyError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+    def body(self) -> bytes:
+        return _encoder.encode(
+            {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        )
+
+    def response(self) -> web.Response:
+        return web.Response(
+            body=self.body(), status=self.status, content_type="application/json", headers=self.headers()
+        )
+
+
+# --- the client's fault (4xx) -------------------------------------------------------------------------------------
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class AuthenticationFailed(ProxyError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(ProxyError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class NotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(ProxyError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+# --- the CLI's or the upstream's fault (5xx) ---------------------------------------------------------------------
+
+
+class UpstreamError(ProxyError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamAuthError(UpstreamError):
+    code = "cli_authentication_failed"
+
+
+class CLIFailed(UpstreamError):
+    """The CLI process died, wrote garbage, or ended a turn in a way maxproxy cannot turn into an answer."""
+
+    code = "cli_failed"
+
+
+class Unavailable(ProxyError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+
+
+class Overloaded(Unavailable):
+    code = "upstream_overloaded"
+
+
+class CLIUnavailable(Unavailable):
+    code = "cli_unavailable"
+
+
+class Timeout(ProxyError):
+    status = 504
+    type = "timeout_error"
+    code = "timeout"
+
+
+_encoder = msgspec.json.Encoder()
+
+_HTTP_ERRORS: dict[int, type[ProxyError]] = {
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+def from_http_exception(exc: web.HTTPException) -> ProxyError:
+    kind = _HTTP_ERRORS.get(exc.status)
+    if kind is not None:
+        message = {
+            404: "Unknown path; see GET /v1/models and POST /v1/chat/completions",
+            405: "Method not allowed",
+            413: "Request body is too large",
+        }[exc.status]
+        return kind(message)
+    error = ProxyError(exc.reason or "HTTP error")
+    error.status = exc.status
+    error.type = "invalid_request_error" if exc.status < 500 else "server_error"
+    error.code = None
+    return error
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ProxyError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return from_http_exception(exc).response()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        return ProxyError("Internal error; see the server log").response()

@@ -1,0 +1,275 @@
+"""The reply: the events of one CLI turn turned into the OpenAI answer (pure, no I/O).
+
+`Assembler` is fed every event of a turn and says which text may go to the client now; it tracks the finish reason,
+the usage and, when the turn failed, the `ProxyError` to answer with. When the upstream stream broke and the CLI
+retried (`abandoned_blocks`, protocol note §2.4), text already sent is not sent twice: the retried answer is matched
+against it and only what goes beyond it is released; if the retry says something else, a streaming client gets an
+error instead of a spliced answer (a non-streaming one gets the clean retried text). `Chunks` writes the SSE payloads
+with the id, creation time and model identical on every chunk.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+import msgspec
+
+from maxproxy import errors
+from maxproxy.api.schema import (
+    ChatCompletion,
+    Choice,
+    FinishReason,
+    PromptTokensDetails,
+    ResponseMessage,
+    Usage,
+    encoder,
+)
+from maxproxy.claude.events import Assistant, Event, RateLimit, RateLimitInfo, Result, StreamEvent, System
+from maxproxy.claude.events import Usage as CliUsage
+
+MESSAGE_SEPARATOR = "\n\n"  # between the texts of consecutive model calls in one turn (e.g. around a tool run)
+
+
+class Assembler:
+    def __init__(self, *, streaming: bool = True) -> None:
+        self.streaming = streaming
+        self.result: Result | None = None
+        self.rate_limit: RateLimitInfo | None = None
+        self.init: System | None = None
+        self.finish_reason: FinishReason = "stop"
+        self.stop_requested = False  # the output limit was hit: the caller interrupts the CLI's auto-continuation
+        self.error: errors.ProxyError | None = None
+        self.sent_text = False
+        self._messages: dict[str, dict[int, str]] = {}  # api message id → block index → text (the clean answer)
+        self._current: str | None = None
+        self._emitted: dict[str, dict[int, str]] = {}  # what went to the client, per message and block
+        self._retrying = False
+        self._replay = ""  # text the retried message must repeat before anything new is released
+        self._stream_usage: dict[str, tuple[CliUsage | None, int]] = {}
+
+    # --- feeding -------------------------------------------------------------------------------------------------
+
+    def feed(self, event: Event) -> str:
+        """Take one event; return the text the client may see now ("" for none)."""
+        if isinstance(event, StreamEvent):
+            if event.parent_tool_use_id is None:  # a subagent's own stream is not the answer
+                return self._stream(event)
+        elif isinstance(event, Assistant):
+            if event.parent_tool_use_id is None and event.error is None and event.message.model != "<synthetic>":
+                return self._whole(event)
+        elif isinstance(event, Result):
+            self.result = event
+        elif isinstance(event, RateLimit):
+            self.rate_limit = event.rate_limit_info
+        elif isinstance(event, System) and event.subtype == "init":
+            self.init = event
+        return ""
+
+    def _stream(self, line: StreamEvent) -> str:
+        event = line.event
+        message_id = line.api_message_id or ""
+        kind = event.type
+        if kind == "message_start":
+            self._current = message_id
+            self._messages.setdefault(message_id, {})
+            usage = event.message.usage if event.message is not None else None
+            self._stream_usage[message_id] = (usage, 0)
+        elif kind == "content_block_delta" and event.delta is not None and event.delta.type == "text_delta":
+            return self._text(message_id, event.index or 0, event.delta.text or "")
+        elif kind == "message_delta":
+            if event.delta is not None and event.delta.stop_reason == "max_tokens" and not self.stop_requested:
+                self.finish_reason = "length"
+                self.stop_requested = True
+            if event.usage is not None and message_id in self._stream_usage:
+                start, _ = self._stream_usage[message_id]
+                self._stream_usage[message_id] = (start, event.usage.output_tokens or 0)
+        elif kind == "message_stop" and line.abandoned_blocks is not None:
+            self._abandon(line.abandoned_blocks.api_message_id, line.abandoned_blocks.from_block_index)
+        return ""
+
+    def _whole(self, event: Assistant) -> str:
+        """A finished block. Streamed blocks were already taken delta by delta; a message that never streamed (the
+        CLI's non-streaming fallback after a stalled or broken stream) arrives only this way."""
+        message = event.message
+        if self._messages.get(message.id) or isinstance(message.content, str):
+            return ""
+        blocks = [b.text for b in message.content if b.type == "text" and b.text]
+        return "".join(self._text(message.id, i, text) for i, text in enumerate(blocks))
+
+    def _text(self, message_id: str, index: int, text: str) -> str:
+        if self.stop_requested or not text:
+            return ""
+        blocks = self._messages.setdefault(message_id, {})
+        blocks[index] = blocks.get(index, "") + text
+        if self.error is not None:
+            return ""
+        if self._replay:
+            if self._replay.startswith(text):
+                self._replay = self._replay[len(text) :]
+                return ""
+            if not text.startswith(self._replay):
+                if not self.streaming:  # nothing was shown yet: the clean retried text is the answer
+                    self._replay = ""
+                    return text
+                self.error = errors.UpstreamError(
+                    "The upstream stream broke after part of the answer was sent, and the retried answer differs; "
+                    "retry the request",
+                    code="upstream_stream_broken",
+                )
+                return ""
+            text, self._replay = text[len(self._replay) :], ""
+        prefix = ""
+        emitted = self._emitted.setdefault(message_id, {})
+        if not emitted and self.sent_text and not self._retrying:
+            prefix = MESSAGE_SEPARATOR
+        self._retrying = False
+        emitted[index] = emitted.get(index, "") + text
+        self.sent_text = True
+        return prefix + text
+
+    def _abandon(self, message_id: str, from_index: int) -> None:
+        blocks = self._messages.get(message_id, {})
+        emitted = self._emitted.get(message_id, {})
+        self._replay = "".join(emitted[i] for i in sorted(emitted) if i >= from_index) + self._replay
+        for i in [i for i in blocks if i >= from_index]:
+            del blocks[i]
+        for i in [i for i in emitted if i >= from_index]:
+            del emitted[i]
+        self._stream_usage.pop(message_id, None)
+        # The retry streams a new message; it continues what was sent, so no separator goes in front of it.
+        self._retrying = bool(self._replay) or self._retrying
+
+    # --- results -------------------------------------------------------------------------------------------------
+
+    @property
+    def text(self) -> str:
+        """The clean answer: every model call's text, abandoned blocks left out."""
+        texts = ("".join(blocks[i] for i in sorted(blocks)) for blocks in self._messages.values())
+        return MESSAGE_SEPARATOR.join(t for t in texts if t)
+
+    def failure(self) -> errors.ProxyError | None:
+        """The error this turn must be answered with, if any (never its text as assistant content)."""
+        if self.error is not None:
+            return self.error
+        if self.result is None:
+            return errors.CLIFailed("The CLI ended the turn without a result")
+        if self.stop_requested:
+            return None  # the turn was interrupted on purpose at the output limit
+        if self.result.is_error:
+            return error_for(self.result, self.rate_limit)
+        return None
+
+    def usage(self) -> Usage:
+        cli = self.result.usage if self.result is not None and self.result.usage is not None else None
+        if cli is not None and (cli.input_tokens or cli.output_tokens):
+            prompt = (
+                (cli.input_tokens or 0) + (cli.cache_read_input_tokens or 0) + (cli.cache_creation_input_tokens or 0)
+            )
+            cached, completion = cli.cache_read_input_tokens or 0, cli.output_tokens or 0
+        else:  # interrupted turns may report no usage; count what the stream showed
+            prompt = cached = completion = 0
+            for start, output in self._stream_usage.values():
+                if start is not None:
+                    cached += start.cache_read_input_tokens or 0
+                    prompt += (
+                        (start.input_tokens or 0)
+                        + (start.cache_read_input_tokens or 0)
+                        + (start.cache_creation_input_tokens or 0)
+                    )
+                completion += output
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+        )
+
+
+_EXTRA_USAGE = re.compile(r"third-party apps|extra usage", re.IGNORECASE)
+_TIMEOUT = re.compile(r"timed out|stream idle|no bytes for", re.IGNORECASE)
+DEFAULT_RETRY_AFTER = 30.0
+
+
+def error_for(result: Result, rate_limit: RateLimitInfo | None = None) -> errors.ProxyError:
+    """Map a CLI error result to the status an OpenAI SDK understands (protocol note §4, §12.6)."""
+    status = result.api_error_status
+    text = (result.result or "; ".join(result.errors or []) or result.subtype or "unknown error").strip()
+    if result.subtype not in ("success", ""):
+        return errors.CLIFailed(f"The CLI ended the turn with {result.subtype}: {text}")
+    if status == 429:
+        retry_after = DEFAULT_RETRY_AFTER
+        if rate_limit is not None and rate_limit.resetsAt:
+            retry_after = max(1.0, rate_limit.resetsAt - time.time())
+        return errors.RateLimited(f"Upstream rate limit: {text}", retry_after=retry_after)
+    if status in (401, 403):
+        return errors.UpstreamAuthError(
+            f"The Claude Code CLI could not authenticate upstream ({status}: {text}). Log it in with "
+            "`claude auth login` as the user maxproxy runs as."
+        )
+    if status == 529 or "overloaded" in text.lower():
+        return errors.Overloaded(f"Upstream overloaded: {text}", retry_after=10)
+    if status == 400 and _EXTRA_USAGE.search(text):
+        error = errors.ProxyError(f"Upstream refused the request: {text}", code="extra_usage_required")
+        error.status, error.type = 403, "permission_error"
+        return error
+    if status == 400 and (result.terminal_reason == "prompt_too_long" or text.startswith("Prompt is too long")):
+        return errors.ContextLengthExceeded(text)
+    if status == 400 or result.terminal_reason == "image_error":
+        return errors.InvalidRequest(f"Upstream rejected the request: {text}")
+    if status is None and _TIMEOUT.search(text):
+        return errors.Timeout(f"Upstream timed out: {text}", code="upstream_timeout")
+    return errors.UpstreamError(f"Upstream error: {text}")
+
+
+# --- wire format -------------------------------------------------------------------------------------------------
+
+
+def new_id() -> str:
+    return "chatcmpl-" + secrets.token_urlsafe(18).replace("-", "").replace("_", "")[:24]
+
+
+class Chunks:
+    """`chat.completion.chunk` payloads; the fixed head is encoded once per response, only deltas per chunk."""
+
+    def __init__(self, completion_id: str, created: int, model: str) -> None:
+        self._head = (
+            '{"id":'
+            + encoder.encode(completion_id).decode()
+            + ',"object":"chat.completion.chunk","created":'
+            + str(created)
+            + ',"model":'
+            + encoder.encode(model).decode()
+            + ',"system_fingerprint":null,"choices":'
+        )
+
+    def role(self) -> str:
+        return (
+            self._head + '[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'
+        )
+
+    def content(self, text: str) -> str:
+        return (
+            self._head
+            + '[{"index":0,"delta":{"content":'
+            + encoder.encode(text).decode()
+            + '},"logprobs":null,"finish_reason":null}]}'
+        )
+
+    def finish(self, reason: FinishReason) -> str:
+        return self._head + '[{"index":0,"delta":{},"logprobs":null,"finish_reason":"' + reason + '"}]}'
+
+    def usage(self, usage: Usage) -> str:
+        return self._head + '[],"usage":' + encoder.encode(usage).decode() + "}"
+
+
+def completion(completion_id: str, created: int, model: str, assembler: Assembler) -> bytes:
+    body = ChatCompletion(
+        id=completion_id,
+        created=created,
+        model=model,
+        choices=[Choice(message=ResponseMessage(content=assembler.text), finish_reason=assembler.finish_reason)],
+        usage=assembler.usage(),
+    )
+    return msgspec.json.encode(body)

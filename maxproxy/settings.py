@@ -1,0 +1,220 @@
+"""Settings: one frozen, validated tree built from the embedded defaults, a TOML file, `MAXPROXY_*` environment
+variables and command-line flags, each overriding the one before. Nothing else in maxproxy reads the environment for
+its configuration. An invalid value raises `SettingsError` with a one-line message naming the setting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+ENV_PREFIX = "MAXPROXY_"
+PINNED_CLI_VERSION = "2.1.328"
+# The project-local CLI that `make install` puts next to the package (a source checkout).
+PROJECT_CLI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "claude"
+
+Seconds = Annotated[float, Meta(gt=0)]
+PermissionMode = Literal["default", "acceptEdits", "plan", "dontAsk", "auto", "bypassPermissions"]
+
+
+class SettingsError(Exception):
+    """A setting is missing, malformed or unsafe; the message names it."""
+
+
+class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One entry of the model table: the id clients send maps to what the CLI's `--model` gets."""
+
+    cli: str  # alias (`sonnet`) or full model id, passed to `claude --model`
+    family: Literal["opus", "sonnet", "haiku", "other"] = "other"  # the per-family limits key (pool issue)
+    created: int = 1747267200  # `created` in /v1/models; informational
+
+
+def _family(name: str) -> Literal["opus", "sonnet", "haiku", "other"]:
+    for family in ("opus", "sonnet", "haiku"):
+        if family in name:
+            return family
+    return "other"
+
+
+# The embedded model table. Family ids and bare aliases go to the CLI's aliases, which always name the newest model
+# of the family; pinned ids go to the CLI unchanged. It is data: `[models."id"]` tables in the config add or replace
+# entries.
+DEFAULT_MODELS: dict[str, Model] = {
+    **{f"claude-{f}-4": Model(cli=f, family=_family(f)) for f in ("opus", "sonnet", "haiku")},
+    **{f: Model(cli=f, family=_family(f)) for f in ("opus", "sonnet", "haiku")},
+    **{
+        pinned: Model(cli=pinned, family=_family(pinned))
+        for pinned in (
+            "claude-opus-4-5-20251101",
+            "claude-opus-4-1-20250805",
+            "claude-opus-4-20250514",
+            "claude-sonnet-4-5-20250929",
+            "claude-sonnet-4-20250514",
+            "claude-haiku-4-5-20251001",
+        )
+    },
+}
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 3456
+    # Where the Claude Code CLI is; "" = the project-local CLI if present, else `claude` on PATH.
+    claude_path: str = ""
+    # State (workspace, later the session store); "" = $XDG_STATE_HOME/maxproxy or ~/.local/state/maxproxy.
+    state_dir: str = ""
+    # The CLI's working directory: a dedicated one, so its transcripts and tools stay apart from the user's own.
+    workspace: str = ""
+    # The CLI's own built-in tools (`--tools`): "" = none (a chat proxy), "default" = all, or "Read,Grep".
+    cli_tools: str = ""
+    allowed_tools: list[str] = []
+    disallowed_tools: list[str] = []
+    permission_mode: PermissionMode = "default"
+    # How the client's system prompt reaches the model: "embed" (a block at the head of the first user message; the
+    # CLI's own system prompt stays), "append" (--append-system-prompt) or "replace" (--system-prompt).
+    system_prompt_mode: Literal["embed", "append", "replace"] = "embed"
+    inactivity_timeout: Seconds = 600.0  # no event from the CLI for this long: the turn is stopped (504)
+    max_turn_seconds: Seconds = 3600.0  # hard cap on one turn
+    body_limit: Annotated[int, Meta(ge=1024)] = 32 * 1024 * 1024
+    # Bounded upstream behaviour of the CLI (CLAUDE_CODE_MAX_RETRIES, API_TIMEOUT_MS,
+    # CLAUDE_BYTE_STREAM_IDLE_TIMEOUT_MS): a dead upstream fails in seconds, not in 15 minutes.
+    upstream_retries: Annotated[int, Meta(ge=0, le=10)] = 2
+    upstream_timeout: Seconds = 120.0
+    upstream_idle_timeout: Annotated[float, Meta(ge=10, le=1800)] = 90.0
+    # SSE: response headers wait this long for the first token (so early errors keep their HTTP status), then
+    # comment keepalives go out at this interval while the CLI is silent.
+    keepalive_interval: Seconds = 15.0
+    stop_step_timeout: Seconds = 3.0  # each step of stopping a CLI: stdin EOF, SIGTERM, SIGKILL
+    shutdown_timeout: Seconds = 30.0  # on SIGTERM, turns in flight get this long to finish before they are stopped
+    api_keys: list[str] = []
+    cors_origins: list[str] = []  # browser Origins allowed to call the API; empty = none
+    models: dict[str, Model] = {}
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    # --- derived values ---------------------------------------------------------------------------------------
+
+    @property
+    def model_table(self) -> dict[str, Model]:
+        return {**DEFAULT_MODELS, **self.models}
+
+    @property
+    def state_path(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "maxproxy"
+
+    @property
+    def workspace_path(self) -> Path:
+        return Path(self.workspace).expanduser() if self.workspace else self.state_path / "workspace"
+
+    @property
+    def cli_path(self) -> str:
+        if self.claude_path:
+            return str(Path(self.claude_path).expanduser())
+        if PROJECT_CLI.exists():
+            return str(PROJECT_CLI)
+        return shutil.which("claude") or "claude"
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """`MAXPROXY_PORT=1` → {"port": "1"}; lists are comma-separated, tables are JSON."""
+    fields = {f.name: f.type for f in msgspec.structs.fields(Settings)}
+    out: dict[str, Any] = {}
+    for name, kind in fields.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        text = str(kind)
+        if text.startswith("dict"):
+            try:
+                out[name] = msgspec.json.decode(raw)
+            except msgspec.DecodeError:
+                raise SettingsError(f"invalid setting `{name}` ({ENV_PREFIX}{name.upper()}): not JSON") from None
+        elif text.startswith("list"):
+            out[name] = [item.strip() for item in raw.split(",") if item.strip()]
+        else:
+            out[name] = raw
+    return out
+
+
+def _file_values(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def default_config_path(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "maxproxy" / "config.toml"
+
+
+def load(
+    config: str | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings: defaults < TOML file < environment < `overrides` (command-line flags)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = config or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        values.update(_file_values(Path(path).expanduser()))
+    elif default_config_path(env).exists():
+        values.update(_file_values(default_config_path(env)))
+    values.update(_env_values(env))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+    check(settings)
+    return settings
+
+
+def check(settings: Settings) -> None:
+    """Rules that span settings; every one of them is about safety."""
+    if not settings.loopback and not settings.api_keys:
+        raise SettingsError(
+            f"invalid setting `host`: refusing to listen on {settings.host} without `api_keys` "
+            f"(set {ENV_PREFIX}API_KEYS, or bind 127.0.0.1)"
+        )
+    if any(not key.strip() for key in settings.api_keys):
+        raise SettingsError("invalid setting `api_keys`: a key is empty")
+    if any(origin.strip() == "*" for origin in settings.cors_origins):
+        raise SettingsError("invalid setting `cors_origins`: `*` is not allowed; list the origins")
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    """msgspec says "Expected `int`, got `str` - at `$.port`"; we say which setting, first."""
+    message = str(exc)
+    where = ""
+    if " - at `$." in message:
+        message, _, where = message.partition(" - at `$.")
+        where = where.rstrip("`")
+    elif message.startswith("Object contains unknown field"):
+        where = message.split("`")[1]
+        return f"unknown setting `{where}`"
+    return f"invalid setting `{where or '?'}`: {message}"

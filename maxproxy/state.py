@@ -1,0 +1,33 @@
+"""The application's shared state, as typed `web.AppKey`s (string keys warn in aiohttp 3.x), and the per-request
+record the access log line is built from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from maxproxy.claude.probe import CliStatus
+from maxproxy.pool import Pool
+from maxproxy.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", Pool)
+CLI = web.AppKey("cli", CliStatus)
+
+
+@dataclass
+class Access:
+    """What the access line says about one request beyond method, path, status and duration."""
+
+    model: str | None = None
+    stream: bool | None = None
+    ttft_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None  # an error code sent inside an already-started stream
+    disconnected: bool | None = None
+
+
+ACCESS = web.RequestKey("access", Access)

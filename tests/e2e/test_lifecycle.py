@@ -1,0 +1,177 @@
+"""Processes: nothing outlives its request (disconnects, crashes, hangs, a CLI that ignores SIGTERM), start-up
+failures are 503 with a way out, and `/health` says what the CLI is and how it bills."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests import sse
+from tests.conftest import Proxy, ProxyFactory, fake_cli, wait_for
+from tests.e2e import CHAT, HELLO
+from tests.fakes.upstream import FakeUpstream, Reply
+from tests.procs import alive, children, in_group
+
+
+def cli_children() -> list[str]:
+    return children(os.getpid())
+
+
+def worker_pids(proxy: Proxy) -> list[int]:
+    from maxproxy.state import POOL
+
+    return [w.pid for w in proxy.app[POOL]._workers]
+
+
+async def test_stream_disconnect_stops_the_cli_at_once(proxy: Proxy, upstream: FakeUpstream) -> None:
+    upstream.default = Reply.text("tick " * 200, pieces=200, delay=0.05)  # ~10 s of output
+    session = aiohttp.ClientSession()
+    response = await session.post(
+        proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO, "stream": True}
+    )
+    await response.content.readline()  # the stream is under way
+    [pid] = worker_pids(proxy)
+    response.close()
+    await session.close()
+    await wait_for(lambda: not alive(pid) and not cli_children(), timeout=5)  # exited and reaped
+
+
+async def test_non_stream_disconnect_stops_the_cli(proxy: Proxy, upstream: FakeUpstream) -> None:
+    upstream.default = Reply(hang_before_headers=True)
+    request = asyncio.create_task(
+        proxy.http.post(proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO})
+    )
+    await wait_for(lambda: bool(upstream.messages_requests))
+    [pid] = worker_pids(proxy)
+    request.cancel()
+    await asyncio.gather(request, return_exceptions=True)
+    await wait_for(lambda: not alive(pid) and not cli_children(), timeout=5)  # exited and reaped
+
+
+async def test_shutdown_stops_turns_in_flight(cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    proxy = await start_proxy(shutdown_timeout=0.5, upstream_timeout=60)
+    upstream.default = Reply(hang_before_headers=True)
+    request = asyncio.create_task(proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=HELLO))
+    await wait_for(lambda: bool(upstream.messages_requests))
+    await proxy.server.close()
+    await asyncio.gather(request, return_exceptions=True)
+    assert not cli_children()
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "code"),
+    [("crash", 502, "cli_failed"), ("garbage", 502, "cli_failed"), ("startup_fail", 503, "cli_unavailable")],
+)
+async def test_cli_faults_are_gateway_errors(
+    tmp_path: Path, start_proxy: ProxyFactory, mode: str, status: int, code: str
+) -> None:
+    proxy = await start_proxy(claude_path=fake_cli(tmp_path, mode))
+    async with proxy.http.post(proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO}) as response:
+        assert response.status == status
+        error = (await response.json())["error"]
+    assert error["code"] == code
+    if mode == "crash":
+        assert "fatal: something broke" in error["message"]  # the CLI's own words help the user
+    if mode == "startup_fail":
+        assert "unknown option" in error["message"]
+    assert not cli_children()
+
+
+async def test_crash_mid_stream_is_an_error_event(tmp_path: Path, start_proxy: ProxyFactory) -> None:
+    proxy = await start_proxy(claude_path=fake_cli(tmp_path, "crash"))
+    async with proxy.http.post(
+        proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO, "stream": True}
+    ) as response:
+        assert response.status == 200
+        stream = await sse.read(response)
+    assert stream.text == "partial "
+    assert stream.chunks[-1]["error"]["code"] == "cli_failed"
+    assert stream.data[-1] == "[DONE]"
+
+
+async def test_a_cli_that_ignores_sigterm_is_killed(tmp_path: Path, start_proxy: ProxyFactory) -> None:
+    proxy = await start_proxy(
+        claude_path=fake_cli(tmp_path, "ignore_sigterm"), max_turn_seconds=1.0, stop_step_timeout=0.5
+    )
+    async with proxy.http.post(proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO}) as response:
+        assert response.status == 504
+    assert not cli_children()
+
+
+async def test_endless_output_hits_the_hard_cap(tmp_path: Path, start_proxy: ProxyFactory) -> None:
+    proxy = await start_proxy(claude_path=fake_cli(tmp_path, "endless"), max_turn_seconds=1.0)
+    async with proxy.http.post(
+        proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO, "stream": True}
+    ) as response:
+        stream = await sse.read(response)
+    assert stream.text.startswith("la la ")
+    assert stream.chunks[-1]["error"]["code"] == "turn_timeout"
+    assert not cli_children()
+
+
+async def test_processes_started_by_the_cli_go_with_it(tmp_path: Path, start_proxy: ProxyFactory) -> None:
+    proxy = await start_proxy(claude_path=fake_cli(tmp_path, "grandchild"), max_turn_seconds=1.0, stop_step_timeout=0.5)
+    request = asyncio.create_task(
+        proxy.http.post(proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO})
+    )
+    await wait_for(lambda: bool(worker_pids(proxy)) and len(in_group(worker_pids(proxy)[0])) == 2)
+    group = worker_pids(proxy)[0]
+    response = await request
+    assert response.status == 504
+    response.close()
+    await wait_for(lambda: not in_group(group), timeout=5)
+
+
+async def test_health_reports_the_cli_and_how_it_bills(proxy: Proxy) -> None:
+    async with proxy.http.get(proxy.url + "/health") as response:
+        assert response.status == 200
+        health = await response.json()
+    assert health["ready"] is True
+    assert health["cli"]["version"] == health["cli"]["pinned_version"] == "2.1.328"
+    assert health["cli"]["token_source"] == "CLAUDE_CODE_OAUTH_TOKEN"
+    assert health["cli"]["billing"] == "subscription"
+
+
+async def test_health_warns_when_an_api_key_is_billed(
+    cli_env: Path, start_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    proxy = await start_proxy()
+    async with proxy.http.get(proxy.url + "/health") as response:
+        health = await response.json()
+    assert health["cli"]["api_key_source"] == "ANTHROPIC_API_KEY"
+    assert health["cli"]["billing"] == "api_key"
+
+
+async def test_missing_cli_is_503_with_what_to_do(tmp_path: Path, start_proxy: ProxyFactory) -> None:
+    proxy = await start_proxy(claude_path=str(tmp_path / "no-such-claude"))
+    async with proxy.http.get(proxy.url + "/health") as response:
+        assert response.status == 503
+        assert (await response.json())["cli"]["found"] is False
+    async with proxy.http.post(proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO}) as response:
+        assert response.status == 503
+        error = (await response.json())["error"]
+    assert error["code"] == "cli_unavailable"
+    assert "MAXPROXY_CLAUDE_PATH" in error["message"]
+
+
+async def test_models_list_and_get(proxy: Proxy) -> None:
+    listed = await proxy.openai.models.list()
+    ids = [m.id for m in listed.data]
+    for expected in (
+        "claude-opus-4",
+        "claude-sonnet-4",
+        "claude-haiku-4",
+        "opus",
+        "sonnet",
+        "haiku",
+        "claude-sonnet-4-20250514",
+    ):
+        assert expected in ids
+    assert all(m.object == "model" and m.owned_by == "anthropic" and m.created > 0 for m in listed.data)
+    one = await proxy.openai.models.retrieve("claude-opus-4")
+    assert one.id == "claude-opus-4"
