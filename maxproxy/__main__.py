@@ -34,9 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(settings: Settings) -> None:
     app = create_app(settings)
     # handler_cancellation: a client that disconnects cancels its handler, which stops its CLI turn at once.
-    runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_timeout
-    )
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)

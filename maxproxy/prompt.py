@@ -39,6 +39,18 @@ _DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)(?P<params>(?:;[\w.+-]+
 _BASE64_EDGE = re.compile(r"[A-Za-z0-9+/\s]*={0,2}\s*", re.ASCII)
 
 
+# OpenAI's reasoning_effort → the CLI's --effort (which has no "none"/"minimal": its lowest is "low").
+_EFFORT = {
+    "none": "low",
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "xhigh",
+    "max": "max",
+}
+
+
 @dataclass(frozen=True)
 class Turn:
     launch: Launch
@@ -118,7 +130,12 @@ def build(request: ChatRequest, settings: Settings) -> Turn:
             if n != last:
                 line["shouldQuery"] = False
             lines.append(line)
-    launch = Launch(model=model.cli, system_prompt=launch_system, max_output_tokens=request.token_limit)
+    launch = Launch(
+        model=model.cli,
+        system_prompt=launch_system,
+        max_output_tokens=request.token_limit,
+        effort=_EFFORT.get(request.reasoning_effort or ""),
+    )
     return Turn(launch=launch, lines=lines)
 
 

@@ -127,6 +127,14 @@ def test_max_tokens_and_max_completion_tokens_mean_the_same_limit() -> None:
     assert build(request({"role": "user", "content": "hi"}, max_completion_tokens=9)).launch.max_output_tokens == 9
 
 
+def test_reasoning_effort_becomes_the_cli_effort() -> None:
+    assert build(request({"role": "user", "content": "hi"}, reasoning_effort="minimal")).launch.effort == "low"
+    assert build(request({"role": "user", "content": "hi"}, reasoning_effort="high")).launch.effort == "high"
+    assert build(request({"role": "user", "content": "hi"})).launch.effort is None
+    with pytest.raises(errors.InvalidRequest):
+        build(request({"role": "user", "content": "hi"}, reasoning_effort="turbo"))
+
+
 def test_unknown_model_is_model_not_found_never_another_model() -> None:
     with pytest.raises(errors.ModelNotFound) as caught:
         build({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})

@@ -64,13 +64,26 @@ def _cors_headers(origin: str) -> dict[str, str]:
     }
 
 
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def _host_name(host: str) -> str:
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
 @web.middleware
 async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A web page the user opens must not drive the CLI: browser requests need an allow-listed Origin."""
+    """A web page the user opens must not drive the CLI: browser requests need an allow-listed Origin, and on a
+    loopback bind the Host must be a loopback name (a DNS-rebound page names its own host)."""
+    settings = request.app[SETTINGS]
+    if settings.loopback and _host_name(request.host.lower()) not in _LOOPBACK_NAMES | {settings.host}:
+        raise errors.Forbidden(f"Host {request.host!r} is not a loopback name", code="host_not_allowed")
     origin = request.headers.get("Origin")
     if origin is None:
         return await handler(request)
-    if origin not in request.app[SETTINGS].cors_origins:
+    if origin not in settings.cors_origins:
         raise errors.Forbidden(f"Origin {origin!r} is not allowed (setting `cors_origins`)", code="origin_not_allowed")
     if request.method == "OPTIONS":
         return web.Response(status=204, headers=_cors_headers(origin))

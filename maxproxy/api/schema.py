@@ -97,13 +97,14 @@ class ChatRequest(Struct, kw_only=True):
     tools: list[dict[str, Any]] | UnsetType | None = UNSET
     tool_choice: str | dict[str, Any] | UnsetType | None = UNSET
     parallel_tool_calls: bool | UnsetType | None = UNSET
-    reasoning_effort: str | UnsetType | None = UNSET
     service_tier: str | UnsetType | None = UNSET
     # Accepted and used later (sessions, keys); harmless now.
     user: str | None = None
     metadata: dict[str, Any] | None = None
     prompt_cache_key: str | None = None
     store: bool | None = None
+    # Honoured: the CLI's `--effort`.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
 
     @property
     def token_limit(self) -> int | None:
@@ -125,7 +126,6 @@ IGNORED_FIELDS = (
     "tools",
     "tool_choice",
     "parallel_tool_calls",
-    "reasoning_effort",
     "service_tier",
 )
 

@@ -20,6 +20,7 @@ class Launch(msgspec.Struct, frozen=True):
     model: str  # `--model`
     system_prompt: str | None = None  # only in the "append"/"replace" system prompt modes
     max_output_tokens: int | None = None  # CLAUDE_CODE_MAX_OUTPUT_TOKENS
+    effort: str | None = None  # `--effort`: low, medium, high, xhigh, max
 
 
 def argv(settings: Settings, launch: Launch | None) -> list[str]:
@@ -47,6 +48,8 @@ def argv(settings: Settings, launch: Launch | None) -> list[str]:
         args += ["--disallowedTools", ",".join(settings.disallowed_tools)]
     if launch is not None:
         args += ["--model", launch.model]
+        if launch.effort is not None:
+            args += ["--effort", launch.effort]
     # A system prompt of the "append"/"replace" modes goes in the `initialize` request on stdin, not on argv.
     return args
 

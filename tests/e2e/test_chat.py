@@ -10,7 +10,7 @@ from typing import Any
 from tests import sse
 from tests.conftest import Proxy, ProxyFactory, wait_for
 from tests.e2e import HELLO
-from tests.fakes.upstream import FakeUpstream, Reply, Text, Thinking
+from tests.fakes.upstream import FakeUpstream, Reply, Text, Thinking, ToolUse
 from tests.procs import children
 from tests.test_prompt import PNG
 
@@ -206,6 +206,11 @@ async def test_unsupported_sampling_fields_are_accepted_and_named(proxy: Proxy) 
         assert response.headers["x-request-id"]
 
 
+async def test_reasoning_effort_reaches_the_model(proxy: Proxy, upstream: FakeUpstream) -> None:
+    await proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=HELLO, reasoning_effort="high")
+    assert upstream.messages_requests[0].body["output_config"]["effort"] == "high"
+
+
 async def test_thinking_stays_out_of_the_answer(proxy: Proxy, upstream: FakeUpstream) -> None:
     upstream.push(Reply(blocks=(Thinking("pondering deeply"), Text(("The ", "answer.")))))
     answer = await proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=HELLO)
@@ -238,3 +243,27 @@ async def test_many_requests_in_parallel(proxy: Proxy, upstream: FakeUpstream) -
     assert {a.choices[0].message.content for a in answers} == {"parallel ok"}
     asked = sorted(json.dumps(r.messages[0]["content"]) for r in upstream.messages_requests)
     assert len(asked) == 4
+
+
+async def test_cli_tool_turn_is_one_answer(cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    """With a built-in tool enabled by settings, the CLI runs it and the client gets the text around it."""
+    proxy = await start_proxy(cli_tools="Bash")
+    upstream.push(
+        Reply(
+            blocks=(Text(("Running it.",)), ToolUse("Bash", {"command": "echo hi-from-tool"})), stop_reason="tool_use"
+        ),
+        Reply.text("The tool said hi."),
+    )
+    answer = await proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=HELLO)
+    assert answer.choices[0].message.content == "Running it.\n\nThe tool said hi."
+    assert answer.choices[0].finish_reason == "stop"
+    first, second = upstream.messages_requests
+    assert "Bash" in [t["name"] for t in first.body["tools"]]
+    results = [
+        b
+        for m in second.messages
+        if isinstance(m["content"], list)
+        for b in m["content"]
+        if b.get("type") == "tool_result"
+    ]
+    assert "hi-from-tool" in json.dumps(results)

@@ -59,6 +59,15 @@ async def test_browser_origins_are_refused_unless_allowed(cli_env: Path, start_p
         assert response.headers["Access-Control-Allow-Origin"] != "*"
 
 
+async def test_dns_rebinding_host_is_refused_on_a_loopback_bind(cli_env: Path, start_proxy: ProxyFactory) -> None:
+    proxy = await start_proxy()
+    for host, status in (("evil.example:3456", 403), ("localhost:3456", 200), ("127.0.0.1", 200), ("[::1]:1", 200)):
+        async with proxy.http.get(proxy.url + "/v1/models", headers={"Host": host}) as response:
+            assert response.status == status, host
+            if status == 403:
+                assert (await response.json())["error"]["code"] == "host_not_allowed"
+
+
 async def test_no_origin_allow_list_means_no_browser_access(cli_env: Path, start_proxy: ProxyFactory) -> None:
     proxy = await start_proxy()
     async with proxy.http.get(proxy.url + "/v1/models", headers={"Origin": "http://localhost:3000"}) as response:
