@@ -53,11 +53,16 @@ async def direct_cli(settings: Settings) -> tuple[float, float]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
         cwd=settings.workspace_path,
-        env=command.environment(settings, launch),
+        env=command.environment(settings),
     )
     assert proc.stdin is not None
     assert proc.stdout is not None
-    line = {"type": "user", "message": {"role": "user", "content": "hi"}, "parent_tool_use_id": None}
+    line = {
+        "type": "user",
+        "message": {"role": "user", "content": "hi"},
+        "parent_tool_use_id": None,
+        "client_composed": True,
+    }
     proc.stdin.write(json.dumps(line).encode() + b"\n")
     proc.stdin.close()
     first = 0.0

@@ -15,6 +15,7 @@ from aiohttp import web
 from maxproxy import __version__, logs
 from maxproxy.app import create_app
 from maxproxy.settings import Settings, SettingsError, load
+from maxproxy.state import POOL
 
 log = structlog.get_logger("maxproxy")
 
@@ -51,7 +52,9 @@ async def serve(settings: Settings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("stopping")
+        # New requests get 503 from here on; turns in flight get `shutdown_timeout` to finish.
+        log.info("stopping", drain_seconds=settings.shutdown_timeout)
+        app[POOL].drain()
     finally:
         await runner.cleanup()
     log.info("stopped")

@@ -11,11 +11,12 @@ from aiohttp import web
 
 from maxproxy.api.middleware import auth_middleware, context_middleware, origin_middleware
 from maxproxy.api.routes import routes
+from maxproxy.bus import Bus
 from maxproxy.claude.probe import CliStatus, probe
 from maxproxy.errors import error_middleware
 from maxproxy.pool import Pool
 from maxproxy.settings import Settings
-from maxproxy.state import CLI, POOL, SETTINGS
+from maxproxy.state import BUS, CLI, POOL, SETTINGS
 
 log = structlog.get_logger("maxproxy.app")
 
@@ -40,7 +41,8 @@ async def _cli_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    pool = app[POOL] = Pool(app[SETTINGS])
+    pool = app[POOL] = Pool(app[SETTINGS], app[BUS])
+    await pool.start()
     yield
     await pool.close()
 
@@ -51,6 +53,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[context_middleware, error_middleware, origin_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
+    app[BUS] = Bus()
     app[CLI] = CliStatus(path=settings.cli_path, error="starting")
     app.cleanup_ctx.extend([_cli_ctx, _pool_ctx])
     app.add_routes(routes)

@@ -1,54 +1,477 @@
-"""The pool owns every CLI worker and hands them to requests with `async with pool.acquire(launch) as worker`.
+"""The pool owns every CLI worker and lends them to requests: `async with pool.acquire(launch, family) as lease`.
 
-In this version each acquire starts a fresh worker and stops it on release, so no `claude` process outlives its
-request; release happens on every path (success, error, client disconnect, cancellation), and shutdown stops all
-workers still running. Warm workers, limits and queueing build on this interface.
+Admission first: a request needs a slot, under its model family's limit and the global `max_workers`; over them it
+waits in one FIFO queue (bounded per family by `queue_max` and in time by `queue_timeout`, then 429 with
+`Retry-After`), and a cancelled waiter gives its place back. Then a worker: an idle warm one started with the same
+`Launch`, else a new one (room is made by stopping the least recently used idle worker), so processes never exceed
+`max_workers`. When the request is done — however it ended — a pool-owned task takes the worker back: an unfinished
+turn is interrupted and drained (or the worker killed when that takes longer than `interrupt_timeout`), the
+conversation is rewound to nothing, and the worker goes idle again — unless it crashed, ended its turn with an
+error, served `worker_max_turns` turns, grew past `worker_max_rss_mb`, or held a replayed history that cannot be
+rewound without a trace: then it is replaced by a fresh process.
+
+A maintainer task keeps `min_idle` workers ready for each of `warm_models`, retires idle workers after
+`idle_timeout`, and backs off (503 + `Retry-After`, `/health` not ready) when workers keep failing to start. Worker
+pids are recorded under the state directory so that a later start kills what a crashed maxproxy left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import structlog
 
 from maxproxy import errors
-from maxproxy.claude.command import Launch
-from maxproxy.claude.worker import Worker
+from maxproxy.bus import Bus, TurnEnd, TurnRef
+from maxproxy.claude.command import Launch, Options
+from maxproxy.claude.events import Event
+from maxproxy.claude.worker import CONTROL_TIMEOUT, Watchdog, Worker
 from maxproxy.settings import Settings
 
 log = structlog.get_logger("maxproxy.pool")
 
+FAILURES_BEFORE_BACKOFF = 3
+MAX_BACKOFF = 60.0
+MAINTAIN_EVERY = 5.0
+
+
+class Lease:
+    """A worker on loan to one request."""
+
+    def __init__(self, worker: Worker, ref: TurnRef) -> None:
+        self.worker = worker
+        self.ref = ref
+
+    async def run(
+        self, lines: Sequence[dict[str, Any]], options: Options, watchdog: Watchdog, *, tick: float | None = None
+    ) -> AsyncGenerator[Event | None, None]:
+        await self.worker.apply(options)
+        async for event in self.worker.turn(lines, watchdog, tick=tick):
+            yield event
+
+    async def interrupt(self) -> None:
+        await self.worker.interrupt()
+
+
+class _Waiter:
+    __slots__ = ("family", "future")
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
 
 class Pool:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, bus: Bus | None = None) -> None:
         self.settings = settings
-        self._workers: set[Worker] = set()
+        self.bus = bus or Bus()
+        self._live: set[Worker] = set()  # processes counted against max_workers: idle, lent, being taken back
+        self._idle: dict[Launch, list[Worker]] = {}
+        self._refills: dict[asyncio.Task[None], Launch] = {}
+        self._spawning = 0  # request-driven starts in progress
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._returns: set[asyncio.Task[None]] = set()
+        self._busy: collections.Counter[str] = collections.Counter()
+        self._busy_total = 0
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._queued: collections.Counter[str] = collections.Counter()
+        self._turn_seconds: dict[str, float] = {}
+        self._failures = 0
+        self._backoff_until = 0.0
+        self.last_error: str | None = None
+        self.draining = False
         self._closed = False
+        self._wake = asyncio.Event()
+        self._maintainer: asyncio.Task[None] | None = None
+        self.counts: collections.Counter[str] = collections.Counter()  # spawned, recycled:<reason>, ...
+
+    # --- state ---------------------------------------------------------------------------------------------------
 
     @property
     def busy(self) -> int:
-        return len(self._workers)
+        return self._busy_total
 
-    @contextlib.asynccontextmanager
-    async def acquire(self, launch: Launch) -> AsyncIterator[Worker]:
-        if self._closed:
-            raise errors.Unavailable("maxproxy is shutting down", retry_after=5)
-        worker = await Worker.start(self.settings, launch)
-        self._workers.add(worker)
-        try:
-            yield worker
-        finally:
-            # The worker stays tracked until it is reaped, even if this request is cancelled meanwhile.
-            stopping = worker.stop()
-            stopping.add_done_callback(lambda _: self._workers.discard(worker))
-            await asyncio.shield(stopping)
+    @property
+    def idle(self) -> int:
+        return sum(len(workers) for workers in self._idle.values())
+
+    @property
+    def starting(self) -> int:
+        return len(self._refills) + self._spawning
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def backoff_seconds(self) -> float:
+        return max(0.0, self._backoff_until - time.monotonic())
+
+    @property
+    def pids(self) -> list[int]:
+        return sorted(w.pid for w in self._live)
+
+    def _processes(self) -> int:
+        # Processes being stopped count too: max_workers bounds what runs, not only what is in use.
+        return len(self._live) + len(self._refills) + self._spawning + len(self._stopping)
+
+    def _warm_launches(self) -> list[Launch]:
+        table = self.settings.model_table
+        return [Launch(model=table[name].cli) for name in dict.fromkeys(self.settings.warm_models)]
+
+    # --- life cycle ----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._sweep_leftovers()
+        self._maintainer = asyncio.create_task(self._maintain(), name="pool-maintainer")
+
+    def drain(self) -> None:
+        """Stop taking work: new and queued requests get 503 while turns in flight finish."""
+        self.draining = True
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(errors.Unavailable("maxproxy is shutting down", retry_after=5))
+        self._waiters.clear()
+        self._queued.clear()
 
     async def close(self) -> None:
-        """Stop every worker (interrupting turns in flight) and reap them all."""
+        """Stop every worker (interrupting turns still running) and reap them all."""
+        self.drain()
         self._closed = True
-        workers = list(self._workers)
-        if workers:
-            log.info("pool_stopping", workers=len(workers))
-        await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+        tasks: list[asyncio.Task[Any]] = [t for t in (self._maintainer,) if t is not None] + list(self._refills)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._returns:  # taking workers back is bounded by the interrupt and control timeouts
+            await asyncio.wait(self._returns, timeout=self.settings.interrupt_timeout + CONTROL_TIMEOUT)
+        for task in list(self._returns):
+            task.cancel()
+        await asyncio.gather(*self._returns, return_exceptions=True)
+        if self._live:
+            log.info("pool_stopping", workers=len(self._live))
+        for worker in list(self._live):
+            self._retire(worker, "shutdown")
+        await asyncio.gather(*self._stopping, return_exceptions=True)
+
+    # --- lending -------------------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, launch: Launch, family: str, *, model: str = "") -> AsyncIterator[Lease]:
+        await self._admit(family)
+        worker: Worker | None = None
+        try:
+            worker = await self._checkout(launch)
+            request_id = structlog.contextvars.get_contextvars().get("request_id")
+            ref = TurnRef(
+                turn_id=uuid.uuid4().hex[:16], request_id=request_id, model=model or launch.model, worker=worker.name
+            )
+            worker.tap = lambda event: self.bus.publish(ref, event)
+            yield Lease(worker, ref)
+        finally:
+            if worker is None:
+                self._release(family)
+            else:
+                # Taken back by a task the pool owns: a cancelled request cannot cut the clean-up short.
+                task = asyncio.create_task(self._take_back(worker, family, ref), name=f"return-{worker.name}")
+                self._returns.add(task)
+                task.add_done_callback(self._returns.discard)
+
+    def _can_run(self, family: str) -> bool:
+        return self._busy[family] < self.settings.limits.of(family) and self._busy_total < self.settings.max_workers
+
+    def _take_slot(self, family: str) -> None:
+        self._busy[family] += 1
+        self._busy_total += 1
+
+    def _release(self, family: str) -> None:
+        self._busy[family] -= 1
+        self._busy_total -= 1
+        self._grant()
+
+    def _grant(self) -> None:
+        for waiter in list(self._waiters):
+            if waiter.future.done():
+                self._waiters.remove(waiter)
+            elif self._can_run(waiter.family):
+                self._waiters.remove(waiter)
+                self._queued[waiter.family] -= 1
+                self._take_slot(waiter.family)
+                waiter.future.set_result(None)
+
+    def _retry_after(self, family: str) -> float:
+        per_turn = self._turn_seconds.get(family, 5.0)
+        ahead = self._queued[family] + 1
+        return min(60.0, max(1.0, per_turn * ahead / self.settings.limits.of(family)))
+
+    async def _admit(self, family: str) -> None:
+        if self.draining:
+            raise errors.Unavailable("maxproxy is shutting down", retry_after=5)
+        if self._can_run(family) and not any(w.family == family for w in self._waiters):
+            self._take_slot(family)
+            return
+        if self._queued[family] >= self.settings.queue_max:
+            raise errors.RateLimited(
+                f"Too many requests for {family} models: {self._busy[family]} running, {self._queued[family]} waiting",
+                retry_after=self._retry_after(family),
+                code="queue_full",
+            )
+        waiter = _Waiter(family)
+        self._waiters.append(waiter)
+        self._queued[family] += 1
+        try:
+            async with asyncio.timeout(self.settings.queue_timeout):
+                await waiter.future
+        except BaseException as exc:
+            granted = waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None
+            if not granted and waiter in self._waiters:
+                self._waiters.remove(waiter)
+                self._queued[family] -= 1
+            if isinstance(exc, TimeoutError):
+                if granted:
+                    return  # the slot came at the last moment: use it
+                raise errors.RateLimited(
+                    f"Waited {self.settings.queue_timeout:g}s for a {family} slot",
+                    retry_after=self._retry_after(family),
+                    code="queue_timeout",
+                ) from None
+            if granted:
+                self._release(family)  # cancelled after the grant: give the slot on
+            raise
+
+    async def _checkout(self, launch: Launch) -> Worker:
+        while True:
+            idle = self._idle.get(launch)
+            while idle:
+                worker = idle.pop()
+                if worker.alive:
+                    self._wake.set()  # the maintainer refills the warm set
+                    return worker
+                self._retire(worker, "exited_idle")
+            pending = [task for task, key in self._refills.items() if key == launch]
+            if not pending:
+                break
+            await asyncio.wait(pending)  # a warm worker for this launch is moments away
+        await self._make_room()
+        if self.backoff_seconds:
+            raise errors.Unavailable(
+                f"CLI workers keep failing to start: {self.last_error}",
+                retry_after=self.backoff_seconds,
+                code="cli_unavailable",
+            )
+        self._spawning += 1
+        try:
+            worker = await Worker.start(self.settings, launch)
+        except errors.ProxyError as exc:
+            self._start_failed(exc)
+            raise
+        finally:
+            self._spawning -= 1
+        self._adopt(worker)
+        return worker
+
+    async def _make_room(self) -> None:
+        """Keep processes within max_workers: stop the least recently used idle worker or a refill, and wait for
+        processes being stopped to be gone."""
+        while self._processes() >= self.settings.max_workers:
+            idle = [w for workers in self._idle.values() for w in workers]
+            if idle:
+                self._retire(min(idle, key=lambda w: w.idle_since), "room")
+            elif self._refills:
+                task = next(iter(self._refills))
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            if self._stopping and self._processes() >= self.settings.max_workers:
+                await asyncio.wait(set(self._stopping), return_when=asyncio.FIRST_COMPLETED)
+            elif not idle and not self._refills:
+                break  # every process is lent: cannot happen while the caller holds a slot
+
+    def _adopt(self, worker: Worker) -> None:
+        self._live.add(worker)
+        self._failures = 0
+        self._backoff_until = 0.0
+        self.counts["spawned"] += 1
+        self._register(worker)
+
+    def _start_failed(self, exc: errors.ProxyError) -> None:
+        self._failures += 1
+        self.last_error = exc.message
+        self.counts["start_failed"] += 1
+        if self._failures >= FAILURES_BEFORE_BACKOFF:
+            delay = min(MAX_BACKOFF, 2.0 ** (self._failures - FAILURES_BEFORE_BACKOFF))
+            self._backoff_until = time.monotonic() + delay
+            log.error("pool_backoff", failures=self._failures, seconds=delay, error=exc.message)
+
+    def _park(self, worker: Worker) -> None:
+        worker.tap = None
+        worker.idle_since = time.monotonic()
+        launch = worker.launch or Launch(model="")
+        self._idle.setdefault(launch, []).append(worker)
+
+    def _retire(self, worker: Worker, reason: str) -> None:
+        self._live.discard(worker)
+        idle = self._idle.get(worker.launch or Launch(model=""), [])
+        if worker in idle:
+            idle.remove(worker)
+        self.counts[f"retired:{reason}"] += 1
+        log.info("worker_retired", worker=worker.name, pid=worker.pid, reason=reason, turns=worker.turns)
+        task = worker.stop()
+        self._stopping.add(task)
+
+        def stopped(_: asyncio.Task[None]) -> None:
+            self._stopping.discard(task)
+            self._unregister(worker)
+
+        task.add_done_callback(stopped)
+        self._wake.set()
+
+    async def _take_back(self, worker: Worker, family: str, ref: TurnRef) -> None:
+        started = time.monotonic()
+        outcome, reason = "ok", ""
+        try:
+            if worker.in_turn:
+                outcome = "interrupted"
+            reason = await self._recover(worker)
+        except asyncio.CancelledError:
+            reason = "shutdown"
+            raise
+        except Exception as exc:  # never lose the worker or the slot to a bug in the clean-up
+            log.exception("worker_take_back_failed", worker=worker.name)
+            reason = f"take_back_error:{type(exc).__name__}"
+        finally:
+            result = worker.last_result
+            if reason and reason != "shutdown":
+                outcome = "killed" if outcome == "interrupted" else outcome
+            if result is not None and result.is_error and not worker.interrupted:
+                outcome = "error"
+            self.bus.publish(ref, TurnEnd(outcome=outcome, seconds=round(time.monotonic() - started, 3)))
+            if reason or self._closed:
+                self._retire(worker, reason or "shutdown")
+            else:
+                self._park(worker)
+            elapsed = time.monotonic() - started
+            previous = self._turn_seconds.get(family, elapsed)
+            self._turn_seconds[family] = 0.8 * previous + 0.2 * elapsed
+            self._release(family)
+
+    async def _recover(self, worker: Worker) -> str:
+        """Make a worker fit for an unrelated conversation; the reason it is not, or ""."""
+        if not worker.alive:
+            return "crashed"
+        if worker.in_turn:
+            try:
+                await worker.finish(self.settings.interrupt_timeout)
+            except errors.ProxyError:
+                return "interrupt_timeout"
+        result = worker.last_result
+        if result is not None and result.is_error and not worker.interrupted:
+            return "turn_error"
+        if worker.turns >= self.settings.worker_max_turns:
+            return "max_turns"
+        limit = self.settings.worker_max_rss_mb * 1024 * 1024
+        if limit and worker.rss_bytes() > limit:
+            return "rss"
+        if not worker.resettable:
+            return "replayed_history"
+        try:
+            if not await asyncio.wait_for(worker.reset(), CONTROL_TIMEOUT):
+                return "reset_failed"
+        except (errors.ProxyError, TimeoutError):
+            return "reset_failed"
+        return ""
+
+    # --- upkeep --------------------------------------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        while True:
+            self._wake.clear()
+            self._expire_idle()
+            self._refill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(MAINTAIN_EVERY, self.settings.idle_timeout))
+
+    def _expire_idle(self) -> None:
+        now = time.monotonic()
+        warm = set(self._warm_launches())
+        for launch, workers in list(self._idle.items()):
+            keep = self.settings.min_idle if launch in warm else 0
+            for worker in sorted(workers, key=lambda w: w.idle_since):
+                if not worker.alive:
+                    self._retire(worker, "exited_idle")
+                elif len(workers) > keep and now - worker.idle_since > self.settings.idle_timeout:
+                    self._retire(worker, "idle")
+
+    def _refill(self) -> None:
+        if self.draining or self.backoff_seconds:
+            return
+        for launch in self._warm_launches():
+            have = len(self._idle.get(launch, [])) + sum(1 for key in self._refills.values() if key == launch)
+            while have < self.settings.min_idle and self._processes() < self.settings.max_workers:
+                task = asyncio.create_task(self._start_warm(launch), name=f"refill-{launch.model}")
+                self._refills[task] = launch
+                task.add_done_callback(self._refilled)
+                have += 1
+
+    def _refilled(self, task: asyncio.Task[None]) -> None:
+        self._refills.pop(task, None)
+        self._wake.set()
+
+    async def _start_warm(self, launch: Launch) -> None:
+        try:
+            worker = await Worker.start(self.settings, launch)
+        except errors.ProxyError as exc:
+            self._start_failed(exc)
+            return
+        self._adopt(worker)
+        if self.draining:
+            self._retire(worker, "shutdown")
+        else:
+            self._park(worker)
+            self._grant()
+
+    # --- leftovers of a crashed maxproxy -------------------------------------------------------------------------
+
+    @property
+    def _registry(self) -> Path:
+        return self.settings.state_path / "workers"
+
+    def _register(self, worker: Worker) -> None:
+        with contextlib.suppress(OSError):
+            self._registry.mkdir(parents=True, exist_ok=True)
+            (self._registry / str(worker.pid)).write_text(_start_time(worker.pid))
+
+    def _unregister(self, worker: Worker) -> None:
+        with contextlib.suppress(OSError):
+            (self._registry / str(worker.pid)).unlink()
+
+    def _sweep_leftovers(self) -> None:
+        """Kill the process groups of workers a previous maxproxy recorded and never reaped (it crashed)."""
+        if not self._registry.is_dir():
+            return
+        for entry in self._registry.iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(entry.name)
+                recorded = entry.read_text()
+                # pid and kernel start time together name exactly the process that was recorded, even after reuse.
+                if recorded and recorded == _start_time(pid):
+                    os.killpg(pid, signal.SIGKILL)
+                    log.warning("leftover_worker_killed", pid=pid)
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
+def _start_time(pid: int) -> str:
+    """The kernel's start time of a process: with the pid, it names one process even after pid reuse."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return raw[raw.rfind(")") + 2 :].split()[19]

@@ -1,9 +1,9 @@
 """The prompt: an OpenAI chat request turned into what one CLI turn needs (pure functions, no I/O).
 
-The result is a `Turn`: the `Launch` (model, output limit, and the system prompt when it is a spawn-time setting)
-and the stdin lines that replay the earlier history (`shouldQuery: false` user lines and assistant lines) and end
-with the querying user line. Every user line is `client_composed`, so the CLI delivers it verbatim: no slash
-commands (`/clear`, `/model`) and no `@file` expansion from a client's text.
+The result is a `Turn`: the `Launch` (model, and the system prompt when it is a spawn-time setting), the per-turn
+`Options` (output limit, effort), and the stdin lines that replay the earlier history (`shouldQuery: false` user
+lines and assistant lines) and end with the querying user line. Every user line is `client_composed`, so the CLI
+delivers it verbatim: no slash commands (`/clear`, `/model`) and no `@file` expansion from a client's text.
 
 The client's system prompt is, by default, embedded as a delimited block at the head of the first user message
 rather than replacing the CLI's own system prompt (settings `system_prompt_mode`; README: "System prompts").
@@ -28,7 +28,7 @@ from maxproxy.api.schema import (
     ToolMessage,
     UserMessage,
 )
-from maxproxy.claude.command import Launch
+from maxproxy.claude.command import Launch, Options
 from maxproxy.settings import Settings
 
 Block = dict[str, Any]
@@ -54,7 +54,9 @@ _EFFORT = {
 @dataclass(frozen=True)
 class Turn:
     launch: Launch
+    options: Options
     lines: list[Line]
+    family: str  # the model family, for the pool's concurrency limits
 
 
 def build(request: ChatRequest, settings: Settings) -> Turn:
@@ -130,13 +132,12 @@ def build(request: ChatRequest, settings: Settings) -> Turn:
             if n != last:
                 line["shouldQuery"] = False
             lines.append(line)
-    launch = Launch(
-        model=model.cli,
-        system_prompt=launch_system,
-        max_output_tokens=request.token_limit,
-        effort=_EFFORT.get(request.reasoning_effort or ""),
+    return Turn(
+        launch=Launch(model=model.cli, system_prompt=launch_system),
+        options=Options(max_output_tokens=request.token_limit, effort=_EFFORT.get(request.reasoning_effort or "")),
+        lines=lines,
+        family=model.family,
     )
-    return Turn(launch=launch, lines=lines)
 
 
 def _plain_text(content: Content, where: str) -> str:

@@ -22,6 +22,7 @@ PINNED_CLI_VERSION = "2.1.328"
 PROJECT_CLI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "claude"
 
 Seconds = Annotated[float, Meta(gt=0)]
+Count = Annotated[int, Meta(ge=0)]
 PermissionMode = Literal["default", "acceptEdits", "plan", "dontAsk", "auto", "bypassPermissions"]
 
 
@@ -64,6 +65,18 @@ DEFAULT_MODELS: dict[str, Model] = {
 }
 
 
+class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Concurrent turns per model family (TOML `[limits]`, env `MAXPROXY_LIMIT_<FAMILY>`)."""
+
+    opus: Annotated[int, Meta(ge=1)] = 2
+    sonnet: Annotated[int, Meta(ge=1)] = 4
+    haiku: Annotated[int, Meta(ge=1)] = 8
+    other: Annotated[int, Meta(ge=1)] = 4
+
+    def of(self, family: str) -> int:
+        return int(getattr(self, family, self.other))
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 3456
@@ -94,6 +107,17 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     keepalive_interval: Seconds = 15.0
     stop_step_timeout: Seconds = 3.0  # each step of stopping a CLI: stdin EOF, SIGTERM, SIGKILL
     shutdown_timeout: Seconds = 30.0  # on SIGTERM, turns in flight get this long to finish before they are stopped
+    # The pool: warm CLI processes, limits and the queue.
+    max_workers: Annotated[int, Meta(ge=1)] = 8  # CLI processes at most (busy + idle), and so concurrent turns
+    min_idle: Count = 1  # idle warm workers kept ready for each of `warm_models`
+    warm_models: list[str] = msgspec.field(default_factory=lambda: ["claude-sonnet-4"])
+    limits: Limits = Limits()
+    queue_max: Count = 16  # requests waiting per model family; one more gets 429
+    queue_timeout: Seconds = 30.0  # a request waiting longer gets 429
+    idle_timeout: Seconds = 300.0  # idle workers beyond `min_idle` are stopped after this
+    worker_max_turns: Annotated[int, Meta(ge=1)] = 200  # a worker is replaced after this many turns
+    worker_max_rss_mb: Count = 1024  # ... or when its memory passes this (0: no limit)
+    interrupt_timeout: Seconds = 3.0  # an interrupted turn must end this fast, or its worker is killed
     api_keys: list[str] = []
     cors_origins: list[str] = []  # browser Origins allowed to call the API; empty = none
     models: dict[str, Model] = {}
@@ -136,12 +160,20 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
-    """`MAXPROXY_PORT=1` → {"port": "1"}; lists are comma-separated, tables are JSON."""
+    """`MAXPROXY_PORT=1` → {"port": "1"}; lists are comma-separated, tables are JSON; `MAXPROXY_LIMIT_OPUS=2` →
+    {"limits": {"opus": "2"}}."""
     fields = {f.name: f.type for f in msgspec.structs.fields(Settings)}
     out: dict[str, Any] = {}
+    limits = {
+        f.name: env[f"{ENV_PREFIX}LIMIT_{f.name.upper()}"]
+        for f in msgspec.structs.fields(Limits)
+        if f"{ENV_PREFIX}LIMIT_{f.name.upper()}" in env
+    }
+    if limits:
+        out["limits"] = limits
     for name, kind in fields.items():
         raw = env.get(ENV_PREFIX + name.upper())
-        if raw is None:
+        if raw is None or name == "limits":
             continue
         text = str(kind)
         if text.startswith("dict"):
@@ -184,7 +216,11 @@ def load(
         values.update(_file_values(Path(path).expanduser()))
     elif default_config_path(env).exists():
         values.update(_file_values(default_config_path(env)))
-    values.update(_env_values(env))
+    for key, value in _env_values(env).items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}  # MAXPROXY_LIMIT_OPUS adds to a [limits] table
+        else:
+            values[key] = value
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         settings = msgspec.convert(values, Settings, strict=False)
@@ -205,6 +241,9 @@ def check(settings: Settings) -> None:
         raise SettingsError("invalid setting `api_keys`: a key is empty")
     if any(origin.strip() == "*" for origin in settings.cors_origins):
         raise SettingsError("invalid setting `cors_origins`: `*` is not allowed; list the origins")
+    unknown = [m for m in settings.warm_models if m not in settings.model_table]
+    if unknown:
+        raise SettingsError(f"invalid setting `warm_models`: unknown model {unknown[0]!r} (see GET /v1/models)")
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

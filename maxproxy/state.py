@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from maxproxy.bus import Bus
 from maxproxy.claude.probe import CliStatus
 from maxproxy.pool import Pool
 from maxproxy.settings import Settings
@@ -15,6 +16,7 @@ from maxproxy.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", Pool)
 CLI = web.AppKey("cli", CliStatus)
+BUS = web.AppKey("bus", Bus)
 
 
 @dataclass

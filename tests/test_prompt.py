@@ -123,14 +123,14 @@ def test_bad_images_are_a_400_naming_the_part(url: str, fragment: str) -> None:
 
 
 def test_max_tokens_and_max_completion_tokens_mean_the_same_limit() -> None:
-    assert build(request({"role": "user", "content": "hi"}, max_tokens=16)).launch.max_output_tokens == 16
-    assert build(request({"role": "user", "content": "hi"}, max_completion_tokens=9)).launch.max_output_tokens == 9
+    assert build(request({"role": "user", "content": "hi"}, max_tokens=16)).options.max_output_tokens == 16
+    assert build(request({"role": "user", "content": "hi"}, max_completion_tokens=9)).options.max_output_tokens == 9
 
 
 def test_reasoning_effort_becomes_the_cli_effort() -> None:
-    assert build(request({"role": "user", "content": "hi"}, reasoning_effort="minimal")).launch.effort == "low"
-    assert build(request({"role": "user", "content": "hi"}, reasoning_effort="high")).launch.effort == "high"
-    assert build(request({"role": "user", "content": "hi"})).launch.effort is None
+    assert build(request({"role": "user", "content": "hi"}, reasoning_effort="minimal")).options.effort == "low"
+    assert build(request({"role": "user", "content": "hi"}, reasoning_effort="high")).options.effort == "high"
+    assert build(request({"role": "user", "content": "hi"})).options.effort is None
     with pytest.raises(errors.InvalidRequest):
         build(request({"role": "user", "content": "hi"}, reasoning_effort="turbo"))
 

@@ -20,7 +20,8 @@ from aiohttp_sse import EventSourceResponse
 from maxproxy import __version__, errors, prompt, reply
 from maxproxy.api.schema import ChatRequest, ModelCard, ModelList, ignored_fields, request_decoder
 from maxproxy.claude.events import Event, System
-from maxproxy.claude.worker import Watchdog, Worker
+from maxproxy.claude.worker import Watchdog
+from maxproxy.pool import Lease
 from maxproxy.state import ACCESS, CLI, POOL, SETTINGS
 
 log = structlog.get_logger("maxproxy.api")
@@ -30,9 +31,20 @@ routes = web.RouteTableDef()
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
     cli = request.app[CLI]
-    ready = cli.found and cli.error is None
+    pool = request.app[POOL]
+    problems = []
+    if not cli.found or cli.error is not None:
+        problems.append(f"CLI: {cli.error or 'not found'}")
+    if pool.backoff_seconds:
+        problems.append(
+            f"CLI workers keep failing to start ({pool.last_error}); retrying in {pool.backoff_seconds:.0f}s"
+        )
+    if pool.draining:
+        problems.append("shutting down")
+    ready = not problems
     body = {
         "status": "ok" if ready else "unavailable",
+        "problems": problems,
         "version": __version__,
         "ready": ready,
         "cli": {
@@ -45,9 +57,10 @@ async def health(request: web.Request) -> web.Response:
             "billing": cli.billing,
             "error": cli.error,
         },
-        "workers": {"busy": request.app[POOL].busy},
+        "workers": {"busy": pool.busy, "idle": pool.idle, "starting": pool.starting, "queued": pool.queued},
     }
-    return web.json_response(body, status=200 if ready else 503)
+    headers = {} if ready else {"Retry-After": str(max(1, round(pool.backoff_seconds or 5)))}
+    return web.json_response(body, status=200 if ready else 503, headers=headers)
 
 
 @routes.get("/v1/models")
@@ -92,11 +105,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if ignored := ignored_fields(chat):
         headers["x-maxproxy-ignored-params"] = ",".join(ignored)
     answer = Answer(request, chat, headers)
-    async with request.app[POOL].acquire(turn.launch) as worker:
+    async with request.app[POOL].acquire(turn.launch, turn.family, model=chat.model) as lease:
         watchdog = Watchdog(settings.inactivity_timeout, settings.max_turn_seconds)
         if chat.stream:
-            return await answer.stream(worker, turn.lines, watchdog)
-        return await answer.complete(worker, turn.lines, watchdog)
+            return await answer.stream(lease, turn, watchdog)
+        return await answer.complete(lease, turn, watchdog)
 
 
 class Answer:
@@ -113,7 +126,7 @@ class Answer:
         self.access = request[ACCESS]
         self._interrupted = False
 
-    async def _take(self, worker: Worker, event: Event) -> str:
+    async def _take(self, lease: Lease, event: Event) -> str:
         """Feed one event; returns the text the client may see now."""
         assembler = self.assembler
         text = assembler.feed(event)
@@ -122,7 +135,7 @@ class Answer:
         if assembler.stop_requested and not self._interrupted:
             # The CLI would "continue" past the output limit on its own; the client asked for this many tokens.
             self._interrupted = True
-            await worker.interrupt()
+            await lease.interrupt()
         return text
 
     def _finish_access(self) -> None:
@@ -130,11 +143,11 @@ class Answer:
         self.access.prompt_tokens = usage.prompt_tokens
         self.access.completion_tokens = usage.completion_tokens
 
-    async def complete(self, worker: Worker, lines: list[dict[str, object]], watchdog: Watchdog) -> web.Response:
-        async with contextlib.aclosing(worker.turn(lines, watchdog)) as events:
+    async def complete(self, lease: Lease, turn: prompt.Turn, watchdog: Watchdog) -> web.Response:
+        async with contextlib.aclosing(lease.run(turn.lines, turn.options, watchdog)) as events:
             async for event in events:
                 if event is not None:  # no ticks were asked for; None never comes
-                    await self._take(worker, event)
+                    await self._take(lease, event)
                 if self.assembler.error is not None:
                     break
         if failure := self.assembler.failure():
@@ -143,7 +156,7 @@ class Answer:
         body = reply.completion(self.id, self.created, self.chat.model, self.assembler)
         return web.Response(body=body, content_type="application/json", headers=self.headers)
 
-    async def stream(self, worker: Worker, lines: list[dict[str, object]], watchdog: Watchdog) -> web.StreamResponse:
+    async def stream(self, lease: Lease, turn: prompt.Turn, watchdog: Watchdog) -> web.StreamResponse:
         settings = self.request.app[SETTINGS]
         chunks = reply.Chunks(self.id, self.created, self.chat.model)
         response = EventSourceResponse(
@@ -156,7 +169,7 @@ class Answer:
                 await response.send(chunks.role())
 
         try:
-            return await self._stream(worker, lines, watchdog, response, open_stream, chunks)
+            return await self._stream(lease, turn, watchdog, response, open_stream, chunks)
         except (ConnectionResetError, TimeoutError):
             # The client went away or stopped reading; leaving the pool context interrupts and stops the turn.
             self.access.disconnected = True
@@ -164,8 +177,8 @@ class Answer:
 
     async def _stream(
         self,
-        worker: Worker,
-        lines: list[dict[str, object]],
+        lease: Lease,
+        turn: prompt.Turn,
         watchdog: Watchdog,
         response: EventSourceResponse,
         open_stream: Callable[[], Awaitable[None]],
@@ -174,12 +187,14 @@ class Answer:
         settings = self.request.app[SETTINGS]
         failure: errors.ProxyError | None = None
         try:
-            async with contextlib.aclosing(worker.turn(lines, watchdog, tick=settings.keepalive_interval)) as events:
+            async with contextlib.aclosing(
+                lease.run(turn.lines, turn.options, watchdog, tick=settings.keepalive_interval)
+            ) as events:
                 async for event in events:
                     if event is None:  # silence: start the stream so keepalives can flow
                         await open_stream()
                         continue
-                    if text := await self._take(worker, event):
+                    if text := await self._take(lease, event):
                         await open_stream()
                         if self.access.ttft_ms is None:
                             self.access.ttft_ms = round((time.monotonic() - self.started) * 1000, 1)

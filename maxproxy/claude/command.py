@@ -1,7 +1,8 @@
-"""How a CLI worker is started: the argv and environment for one `claude` process, from the settings and a
-`Launch` (what must be fixed at spawn time: model, system prompt flag, output limit). No prompt text ever goes on
-argv, only flags; the child inherits the server's environment (minus `CLAUDECODE`, which would make the CLI think it
-runs inside another Claude Code session) plus bounded upstream retry and timeout limits.
+"""How a CLI worker is started and set up: the argv and environment for one `claude` process, from the settings
+and a `Launch` (what is fixed for the process's life: model, and the system prompt in the "append"/"replace" modes),
+and the per-turn `Options` (output limit, effort) that a warm process takes through `apply_flag_settings`. No prompt
+text ever goes on argv, only flags; the child inherits the server's environment (minus `CLAUDECODE`, which would make
+the CLI think it runs inside another Claude Code session) plus bounded upstream retry and timeout limits.
 """
 
 from __future__ import annotations
@@ -19,8 +20,17 @@ class Launch(msgspec.Struct, frozen=True):
 
     model: str  # `--model`
     system_prompt: str | None = None  # only in the "append"/"replace" system prompt modes
-    max_output_tokens: int | None = None  # CLAUDE_CODE_MAX_OUTPUT_TOKENS
-    effort: str | None = None  # `--effort`: low, medium, high, xhigh, max
+
+
+class Options(msgspec.Struct, frozen=True):
+    """Per-turn settings a warm process takes at run time (measured: `apply_flag_settings`, and null resets)."""
+
+    max_output_tokens: int | None = None  # upstream `max_tokens`, via the CLI's CLAUDE_CODE_MAX_OUTPUT_TOKENS
+    effort: str | None = None  # low, medium, high, xhigh, max
+
+    def flag_settings(self) -> dict[str, object]:
+        limit = None if self.max_output_tokens is None else str(self.max_output_tokens)
+        return {"env": {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": limit}, "effortLevel": self.effort}
 
 
 def argv(settings: Settings, launch: Launch | None) -> list[str]:
@@ -48,21 +58,19 @@ def argv(settings: Settings, launch: Launch | None) -> list[str]:
         args += ["--disallowedTools", ",".join(settings.disallowed_tools)]
     if launch is not None:
         args += ["--model", launch.model]
-        if launch.effort is not None:
-            args += ["--effort", launch.effort]
     # A system prompt of the "append"/"replace" modes goes in the `initialize` request on stdin, not on argv.
     return args
 
 
-def initialize_request(settings: Settings, launch: Launch) -> dict[str, object]:
+def initialize_request(settings: Settings, launch: Launch | None) -> dict[str, object]:
     """The fields of the `initialize` control request that fix the process's system prompt."""
-    if launch.system_prompt is None:
+    if launch is None or launch.system_prompt is None:
         return {}
     key = "systemPrompt" if settings.system_prompt_mode == "replace" else "appendSystemPrompt"
     return {key: [launch.system_prompt] if key == "systemPrompt" else launch.system_prompt}
 
 
-def environment(settings: Settings, launch: Launch | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def environment(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env.pop("CLAUDECODE", None)
     env.update(
@@ -72,6 +80,4 @@ def environment(settings: Settings, launch: Launch | None, base: Mapping[str, st
         # The pinned CLI must stay the pinned CLI.
         DISABLE_AUTOUPDATER="1",
     )
-    if launch is not None and launch.max_output_tokens is not None:
-        env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(launch.max_output_tokens)
     return env

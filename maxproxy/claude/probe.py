@@ -14,7 +14,6 @@ from maxproxy.claude.worker import Worker
 from maxproxy.settings import PINNED_CLI_VERSION, Settings
 
 log = structlog.get_logger("maxproxy.probe")
-PROBE_TIMEOUT = 20.0
 
 
 class CliStatus(msgspec.Struct):
@@ -40,13 +39,8 @@ async def probe(settings: Settings) -> CliStatus:
     except errors.ProxyError as exc:
         status.error = exc.message
         return status
-    try:
-        answer = await worker.control("initialize", timeout=PROBE_TIMEOUT)
-    except errors.ProxyError as exc:
-        status.error = worker.stderr_tail() or exc.message
-        return status
-    finally:
-        await worker.close()
+    await worker.close()
+    answer = worker.info
     status.found = True
     status.version = str(answer.get("claude_code_version") or "") or None
     account = answer.get("account") or {}

@@ -1,7 +1,9 @@
 """A `Worker` owns one `claude -p --input-format stream-json` process: it starts it (exec, never a shell, in its own
-process group), writes input lines to its stdin, reads and decodes its stdout, answers control requests, runs turns
-under an inactivity watchdog and a hard cap, and stops it: stdin EOF, then SIGTERM, then SIGKILL to the whole group,
-each step bounded, the child always reaped. The worker decides nothing about policy; its owner (the pool) does.
+process group), readies it (`initialize`), writes input lines to its stdin, reads and decodes its stdout, answers
+control requests, runs turns under an inactivity watchdog and a hard cap, interrupts them, rewinds the conversation
+to nothing so the process can serve an unrelated one, and stops it: stdin EOF, then SIGTERM, then SIGKILL to the
+whole group, each step bounded, the child always reaped. The worker decides nothing about policy; its owner (the
+pool) does.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import AsyncGenerator, Sequence
+import uuid
+from collections.abc import AsyncGenerator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -28,6 +32,7 @@ log = structlog.get_logger("maxproxy.worker")
 # Lines can be far larger than asyncio's 64 KiB default (tool results, image echoes, `initialize` answers).
 LINE_LIMIT = 256 * 1024 * 1024
 START_TIMEOUT = 30.0
+CONTROL_TIMEOUT = 10.0
 _ids = itertools.count(1)
 
 
@@ -56,7 +61,14 @@ class Worker:
         self.name = f"w{next(_ids)}"
         self.turns = 0
         self.in_turn = False
+        self.broken = False  # stdout ended or broke protocol: never reuse
+        self.interrupted = False  # maxproxy interrupted the current turn on purpose
+        self.last_result: Result | None = None
         self.last_activity = time.monotonic()
+        self.idle_since = time.monotonic()
+        self.tap: Callable[[Event], None] | None = None  # sees every turn event (the pool's event bus)
+        self._options = command.Options()
+        self._rewind_to: str | None = None  # uuid of the conversation's first prompt: rewinding to it empties it
         self._seen_output = False
         self._queue: asyncio.Queue[Event | _End] = asyncio.Queue()
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -68,11 +80,13 @@ class Worker:
             asyncio.create_task(self._read_stderr(), name=f"{self.name}-stderr"),
         ]
         self._closing: asyncio.Task[None] | None = None
+        self.info: dict[str, Any] = {}  # the `initialize` answer: version, account, models, ...
 
     # --- life cycle ------------------------------------------------------------------------------------------------
 
     @classmethod
     async def start(cls, settings: Settings, launch: command.Launch | None = None) -> Worker:
+        """Start a process and wait until it answers `initialize` (which also fixes its system prompt, if any)."""
         workspace = settings.workspace_path
         try:
             workspace.mkdir(parents=True, exist_ok=True)
@@ -82,7 +96,7 @@ class Worker:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=workspace,
-                env=command.environment(settings, launch),
+                env=command.environment(settings),
                 start_new_session=True,  # its own process group: signals reach the CLI and its tools together
                 limit=LINE_LIMIT,
             )
@@ -94,8 +108,12 @@ class Worker:
         worker = cls(proc, settings, launch)
         log.debug("worker_started", worker=worker.name, pid=worker.pid, model=launch.model if launch else None)
         try:
-            if launch is not None and (fields := command.initialize_request(settings, launch)):
-                await worker.control("initialize", timeout=START_TIMEOUT, **fields)
+            fields = command.initialize_request(settings, launch)
+            worker.info = await worker.control("initialize", timeout=START_TIMEOUT, **fields)
+        except errors.ProxyError:
+            await worker._wait_exit()
+            await worker.close()
+            raise errors.CLIUnavailable(worker._exit_message("at start-up")) from None
         except BaseException:
             await worker.close()
             raise
@@ -103,10 +121,20 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return self.proc.returncode is None
+        return self.proc.returncode is None and not self.broken
 
     def stderr_tail(self) -> str:
         return " | ".join(self._stderr)[-400:]
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the CLI process (Linux; 0 where /proc is not available)."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return 0
 
     def stop(self) -> asyncio.Task[None]:
         """Start stopping the process (interrupting a running turn first); the task reaps it. Idempotent."""
@@ -120,7 +148,7 @@ class Worker:
 
     async def _close(self) -> None:
         step = self.settings.stop_step_timeout
-        if self.alive and self.in_turn:
+        if self.proc.returncode is None and self.in_turn and not self.broken:
             # An interrupt ends the turn in ~20 ms, so the CLI stops spending before it exits.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._send_interrupt(), step)
@@ -143,14 +171,17 @@ class Worker:
         for task in self._readers:
             task.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(errors.CLIFailed("The CLI exited before answering a control request"))
+        self._fail_pending("The CLI exited before answering a control request")
         log.debug("worker_stopped", worker=self.name, pid=self.pid, returncode=self.proc.returncode, how=how)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
+
+    def _fail_pending(self, message: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(errors.CLIFailed(message))
 
     # --- I/O -----------------------------------------------------------------------------------------------------
 
@@ -163,17 +194,17 @@ class Worker:
                 stdin.write(data)
                 await stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
+                self.broken = True
                 raise errors.CLIFailed(self._exit_message("before it read its input")) from None
 
-    async def control(self, subtype: str, *, timeout: float, **fields: Any) -> dict[str, Any]:
+    async def control(self, subtype: str, *, timeout: float = CONTROL_TIMEOUT, **fields: Any) -> dict[str, Any]:
         """Send a control request and wait for its response."""
         request_id = f"req_{next(self._request_ids)}_{self.name}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            await self.send(
-                {"type": "control_request", "request_id": request_id, "request": {"subtype": subtype, **fields}}
-            )
+            request = {"subtype": subtype, **fields}
+            await self.send({"type": "control_request", "request_id": request_id, "request": request})
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise errors.CLIFailed(f"The CLI did not answer the {subtype} control request in {timeout:g}s") from None
@@ -186,7 +217,8 @@ class Worker:
 
     async def interrupt(self) -> None:
         """Ask the CLI to end the running turn now; its `result` follows within milliseconds."""
-        if self.alive and self.in_turn:
+        if self.alive and self.in_turn and not self.interrupted:
+            self.interrupted = True
             await self._send_interrupt()
 
     async def _read_stdout(self) -> None:
@@ -220,10 +252,9 @@ class Worker:
         except ValueError as exc:  # a line beyond LINE_LIMIT
             end = _End(ProtocolError(str(exc)))
         finally:
+            self.broken = True
             self._queue.put_nowait(end)
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(errors.CLIFailed("The CLI closed its output before answering"))
+            self._fail_pending("The CLI closed its output before answering")
 
     async def _refuse(self, request: ControlRequest) -> None:
         # maxproxy registers no hooks, MCP servers or permission prompts, so the CLI should never ask; if it does,
@@ -297,6 +328,12 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._readers[1]), 0.5)
 
+    async def apply(self, options: command.Options) -> None:
+        """Per-turn settings (output limit, effort), sent only when they differ from the last ones."""
+        if options != self._options:
+            await self.control("apply_flag_settings", settings=options.flag_settings())
+            self._options = options
+
     async def turn(
         self, lines: Sequence[dict[str, Any]], watchdog: Watchdog, *, tick: float | None = None
     ) -> AsyncGenerator[Event | None, None]:
@@ -308,18 +345,63 @@ class Worker:
         written: the CLI queues user lines but appends assistant lines at once, so written back-to-back the history
         would reach the model out of order (protocol note §5.1).
         """
-        # `in_turn` stays set if the consumer stops early, so that closing the worker interrupts the turn.
+        # `in_turn` stays set if the consumer stops early, so that the owner interrupts the turn.
         self.in_turn = True
+        self.interrupted = False
+        self.last_result = None
         self.turns += 1
-        for line in lines:
+        for n, line in enumerate(lines):
+            if n == 0 and self._rewind_to is None and line.get("type") == "user":
+                # The conversation's first prompt gets an id: rewinding to it later empties the conversation without a
+                # trace (a `/clear` leaves its own caveat text on the next prompt).
+                line = {**line, "uuid": str(uuid.uuid4())}
+                if line.get("shouldQuery") is not False:
+                    self._rewind_to = line["uuid"]
+                else:
+                    self._rewind_to = ""  # a replayed history cannot be rewound (see `resettable`)
             await self.send(line)
             if line.get("type") == "user" and line.get("shouldQuery") is False:
                 while not isinstance(await self.next_event(watchdog), Result):
                     pass
         while True:
             event = await self.next_event(watchdog, tick)
+            if event is not None and self.tap is not None:
+                self.tap(event)
             if isinstance(event, Result):
                 self.in_turn = False
+                self.last_result = event
                 yield event
                 return
             yield event
+
+    async def finish(self, timeout: float) -> None:
+        """End a turn that its consumer left: interrupt it and read its remaining events up to the `Result`."""
+        await self.interrupt()
+        watchdog = Watchdog(timeout, timeout)
+        while self.in_turn:
+            event = await self.next_event(watchdog)
+            if event is not None and self.tap is not None:
+                self.tap(event)
+            if isinstance(event, Result):
+                self.in_turn = False
+                self.last_result = event
+
+    @property
+    def resettable(self) -> bool:
+        """Whether `reset` can empty the conversation. Measured: rewinding to the first prompt leaves nothing, but a
+        conversation that began with replayed history (`shouldQuery: false` lines) cannot be rewound, and `/clear`
+        leaves a `<local-command-caveat>` block on every later conversation of the process."""
+        return self._rewind_to != ""
+
+    async def reset(self) -> bool:
+        """Empty the conversation so that the next turn starts from nothing; False if that cannot be done."""
+        target, self._rewind_to = self._rewind_to, None
+        if target is None:
+            return True  # no turn since the last reset
+        if not target:
+            return False
+        answer = await self.control("rewind_conversation", target_message_uuid=target)
+        if not answer.get("rewound"):
+            log.warning("worker_rewind_failed", worker=self.name, reason=answer.get("reason"))
+            return False
+        return True

@@ -162,12 +162,11 @@ async def test_prompt_never_appears_on_the_cli_command_line(proxy: Proxy, upstre
         proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=[{"role": "user", "content": secret}])
     )
     await wait_for(lambda: bool(upstream.messages_requests))
-    [worker] = children_cmdlines()
-    assert "claude" in worker
-    assert secret not in worker
+    workers = children_cmdlines()
+    assert workers
+    assert all(secret not in cmdline for cmdline in workers)
     request.cancel()
     await asyncio.gather(request, return_exceptions=True)
-    await wait_for(lambda: not children_cmdlines())
 
 
 def children_cmdlines() -> list[str]:

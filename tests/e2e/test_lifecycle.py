@@ -1,5 +1,6 @@
-"""Processes: nothing outlives its request (disconnects, crashes, hangs, a CLI that ignores SIGTERM), start-up
-failures are 503 with a way out, and `/health` says what the CLI is and how it bills."""
+"""Processes: a disconnect interrupts its turn and the worker comes back warm; crashes, garbage, hangs and a CLI that
+ignores SIGTERM end with the worker replaced and reaped; start-up failures are 503 with a way out; `/health` says
+what the CLI is and how it bills."""
 
 from __future__ import annotations
 
@@ -16,40 +17,47 @@ from tests.e2e import CHAT, HELLO
 from tests.fakes.upstream import FakeUpstream, Reply
 from tests.procs import alive, children, in_group
 
-
-def cli_children() -> list[str]:
-    return children(os.getpid())
+BODY = {"model": "claude-sonnet-4", "messages": HELLO}
 
 
-def worker_pids(proxy: Proxy) -> list[int]:
+def pool_of(proxy: Proxy):  # type: ignore[no-untyped-def]
     from maxproxy.state import POOL
 
-    return [w.pid for w in proxy.app[POOL]._workers]
+    return proxy.app[POOL]
 
 
-async def test_stream_disconnect_stops_the_cli_at_once(proxy: Proxy, upstream: FakeUpstream) -> None:
-    upstream.default = Reply.text("tick " * 200, pieces=200, delay=0.05)  # ~10 s of output
+def settled(proxy: Proxy) -> bool:
+    """Nothing lent or starting, and the test's children are exactly the pool's live workers."""
+    pool = pool_of(proxy)
+    mine = {int(c.split()[0]) for c in children(os.getpid())}
+    return pool.busy == 0 and pool.starting == 0 and mine == set(pool.pids)
+
+
+async def test_stream_disconnect_interrupts_the_turn_and_keeps_the_worker(proxy: Proxy, upstream: FakeUpstream) -> None:
+    upstream.push(Reply.text("tick " * 200, pieces=200, delay=0.05))  # ~10 s of output
     session = aiohttp.ClientSession()
-    response = await session.post(
-        proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO, "stream": True}
-    )
+    response = await session.post(proxy.url + CHAT, json={**BODY, "stream": True})
     await response.content.readline()  # the stream is under way
-    [pid] = worker_pids(proxy)
+    [worker] = [w for w in pool_of(proxy)._live if w.in_turn]
     response.close()
     await session.close()
-    await wait_for(lambda: not alive(pid) and not cli_children(), timeout=5)  # exited and reaped
+    await wait_for(lambda: settled(proxy), timeout=5)
+    assert worker.alive
+    assert worker.last_result is not None
+    assert worker.last_result.subtype == "error_during_execution"
+    answer = await proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=HELLO)
+    assert answer.choices[0].message.content == "Hello from fake upstream!"
 
 
-async def test_non_stream_disconnect_stops_the_cli(proxy: Proxy, upstream: FakeUpstream) -> None:
-    upstream.default = Reply(hang_before_headers=True)
-    request = asyncio.create_task(
-        proxy.http.post(proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO})
-    )
+async def test_non_stream_disconnect_interrupts_the_turn(proxy: Proxy, upstream: FakeUpstream) -> None:
+    upstream.push(Reply(hang_before_headers=True))
+    request = asyncio.create_task(proxy.http.post(proxy.url + CHAT, json=BODY))
     await wait_for(lambda: bool(upstream.messages_requests))
-    [pid] = worker_pids(proxy)
+    [worker] = [w for w in pool_of(proxy)._live if w.in_turn]
     request.cancel()
     await asyncio.gather(request, return_exceptions=True)
-    await wait_for(lambda: not alive(pid) and not cli_children(), timeout=5)  # exited and reaped
+    await wait_for(lambda: settled(proxy) and not worker.in_turn, timeout=5)
+    assert worker.alive
 
 
 async def test_shutdown_stops_turns_in_flight(cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
@@ -59,7 +67,7 @@ async def test_shutdown_stops_turns_in_flight(cli_env: Path, start_proxy: ProxyF
     await wait_for(lambda: bool(upstream.messages_requests))
     await proxy.server.close()
     await asyncio.gather(request, return_exceptions=True)
-    assert not cli_children()
+    assert not children(os.getpid())
 
 
 @pytest.mark.parametrize(
@@ -69,8 +77,8 @@ async def test_shutdown_stops_turns_in_flight(cli_env: Path, start_proxy: ProxyF
 async def test_cli_faults_are_gateway_errors(
     tmp_path: Path, start_proxy: ProxyFactory, mode: str, status: int, code: str
 ) -> None:
-    proxy = await start_proxy(claude_path=fake_cli(tmp_path, mode))
-    async with proxy.http.post(proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO}) as response:
+    proxy = await start_proxy(claude_path=fake_cli(tmp_path, mode), interrupt_timeout=0.5)
+    async with proxy.http.post(proxy.url + CHAT, json=BODY) as response:
         assert response.status == status
         error = (await response.json())["error"]
     assert error["code"] == code
@@ -78,14 +86,13 @@ async def test_cli_faults_are_gateway_errors(
         assert "fatal: something broke" in error["message"]  # the CLI's own words help the user
     if mode == "startup_fail":
         assert "unknown option" in error["message"]
-    assert not cli_children()
+    await wait_for(lambda: settled(proxy), timeout=10)
+    assert pool_of(proxy).counts["retired:crashed"] == (mode != "startup_fail")
 
 
 async def test_crash_mid_stream_is_an_error_event(tmp_path: Path, start_proxy: ProxyFactory) -> None:
     proxy = await start_proxy(claude_path=fake_cli(tmp_path, "crash"))
-    async with proxy.http.post(
-        proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO, "stream": True}
-    ) as response:
+    async with proxy.http.post(proxy.url + CHAT, json={**BODY, "stream": True}) as response:
         assert response.status == 200
         stream = await sse.read(response)
     assert stream.text == "partial "
@@ -93,37 +100,50 @@ async def test_crash_mid_stream_is_an_error_event(tmp_path: Path, start_proxy: P
     assert stream.data[-1] == "[DONE]"
 
 
-async def test_a_cli_that_ignores_sigterm_is_killed(tmp_path: Path, start_proxy: ProxyFactory) -> None:
+async def test_a_cli_that_ignores_interrupts_and_sigterm_is_killed(tmp_path: Path, start_proxy: ProxyFactory) -> None:
     proxy = await start_proxy(
-        claude_path=fake_cli(tmp_path, "ignore_sigterm"), max_turn_seconds=1.0, stop_step_timeout=0.5
+        claude_path=fake_cli(tmp_path, "ignore_sigterm"),
+        max_turn_seconds=1.0,
+        stop_step_timeout=0.5,
+        interrupt_timeout=0.5,
+        min_idle=0,
     )
-    async with proxy.http.post(proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO}) as response:
-        assert response.status == 504
-    assert not cli_children()
-
-
-async def test_endless_output_hits_the_hard_cap(tmp_path: Path, start_proxy: ProxyFactory) -> None:
-    proxy = await start_proxy(claude_path=fake_cli(tmp_path, "endless"), max_turn_seconds=1.0)
-    async with proxy.http.post(
-        proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO, "stream": True}
-    ) as response:
-        stream = await sse.read(response)
-    assert stream.text.startswith("la la ")
-    assert stream.chunks[-1]["error"]["code"] == "turn_timeout"
-    assert not cli_children()
-
-
-async def test_processes_started_by_the_cli_go_with_it(tmp_path: Path, start_proxy: ProxyFactory) -> None:
-    proxy = await start_proxy(claude_path=fake_cli(tmp_path, "grandchild"), max_turn_seconds=1.0, stop_step_timeout=0.5)
-    request = asyncio.create_task(
-        proxy.http.post(proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO})
-    )
-    await wait_for(lambda: bool(worker_pids(proxy)) and len(in_group(worker_pids(proxy)[0])) == 2)
-    group = worker_pids(proxy)[0]
+    request = asyncio.create_task(proxy.http.post(proxy.url + CHAT, json=BODY))
+    await wait_for(lambda: any(w.in_turn for w in pool_of(proxy)._live))
+    [pid] = pool_of(proxy).pids
     response = await request
     assert response.status == 504
     response.close()
-    await wait_for(lambda: not in_group(group), timeout=5)
+    await wait_for(lambda: not alive(pid) and settled(proxy), timeout=10)
+    assert pool_of(proxy).counts["retired:interrupt_timeout"] == 1
+
+
+async def test_endless_output_hits_the_hard_cap_and_the_worker_survives(
+    tmp_path: Path, start_proxy: ProxyFactory
+) -> None:
+    proxy = await start_proxy(claude_path=fake_cli(tmp_path, "endless"), max_turn_seconds=1.0, min_idle=0)
+    async with proxy.http.post(proxy.url + CHAT, json={**BODY, "stream": True}) as response:
+        stream = await sse.read(response)
+    assert stream.text.startswith("la la ")
+    assert stream.chunks[-1]["error"]["code"] == "turn_timeout"
+    await wait_for(lambda: settled(proxy) and pool_of(proxy).idle == 1)  # interrupted, then warm again
+
+
+async def test_processes_started_by_the_cli_go_with_it(tmp_path: Path, start_proxy: ProxyFactory) -> None:
+    proxy = await start_proxy(
+        claude_path=fake_cli(tmp_path, "grandchild"),
+        max_turn_seconds=1.0,
+        stop_step_timeout=0.5,
+        interrupt_timeout=0.5,
+        min_idle=0,
+    )
+    request = asyncio.create_task(proxy.http.post(proxy.url + CHAT, json=BODY))
+    await wait_for(lambda: bool(pool_of(proxy).pids) and len(in_group(pool_of(proxy).pids[0])) == 2)
+    group = pool_of(proxy).pids[0]
+    response = await request
+    assert response.status == 504
+    response.close()
+    await wait_for(lambda: not in_group(group), timeout=10)
 
 
 async def test_health_reports_the_cli_and_how_it_bills(proxy: Proxy) -> None:
@@ -152,7 +172,7 @@ async def test_missing_cli_is_503_with_what_to_do(tmp_path: Path, start_proxy: P
     async with proxy.http.get(proxy.url + "/health") as response:
         assert response.status == 503
         assert (await response.json())["cli"]["found"] is False
-    async with proxy.http.post(proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": HELLO}) as response:
+    async with proxy.http.post(proxy.url + CHAT, json=BODY) as response:
         assert response.status == 503
         error = (await response.json())["error"]
     assert error["code"] == "cli_unavailable"

@@ -1,6 +1,7 @@
 """A fake `claude` for the faults the real CLI cannot be made to produce. Never a replacement for the real CLI in
 the happy paths: the tests use it only to crash mid-stream, write garbage, stream forever, ignore SIGTERM and
-interrupts, fail at start-up, or leave a grandchild behind.
+interrupts, fail at start-up, or leave a grandchild behind. In "chaos" mode each turn's prompt picks its fault
+("crash", "garbage", "hang", "endless"; anything else answers).
 
 Usage: cli.py MODE [claude flags...]; it speaks just enough stream-json (init, text deltas, result, control
 responses) for maxproxy to get to the fault.
@@ -82,7 +83,11 @@ def main() -> None:
             subtype = line["request"]["subtype"]
             if subtype == "interrupt" and MODE == "ignore_sigterm":
                 continue
-            answer = {"claude_code_version": "0.0.0-fake", "account": {}} if subtype == "initialize" else {}
+            answers = {
+                "initialize": {"claude_code_version": "0.0.0-fake", "account": {}},
+                "rewind_conversation": {"rewound": True},
+            }
+            answer = answers.get(subtype, {})
             emit(
                 {
                     "type": "control_response",
@@ -100,20 +105,29 @@ def main() -> None:
             if MODE == "ignore_sigterm":
                 time.sleep(3600)  # ignores stdin EOF as well: only SIGKILL ends it
             return
-        if line.get("shouldQuery") is False:
+        if line.get("shouldQuery") is False or line["message"]["content"] == "/clear":
             result()
             continue
-        run_turn(interrupted)
+        content = line["message"]["content"]
+        run_turn(interrupted, json.dumps(content))
 
 
-def run_turn(interrupted: threading.Event) -> None:
+def run_turn(interrupted: threading.Event, prompt: str) -> None:
+    mode = MODE
+    if MODE == "chaos":  # the prompt picks the fault, so a test can mix them
+        mode = next((m for m in ("crash", "garbage", "hang", "endless") if m in prompt), "answer")
+    interrupted.clear()
     start_message()
-    if MODE == "crash":
+    if mode == "hang":
+        interrupted.wait()
+        result("error_during_execution", True)
+        return
+    if mode == "crash":
         emit(delta("partial "))
         sys.stderr.write("fatal: something broke\n")
         sys.stderr.flush()
         os._exit(3)
-    if MODE == "garbage":
+    if mode == "garbage":
         emit(delta("partial "))
         sys.stdout.write("this is not json\n")
         sys.stdout.flush()
@@ -121,7 +135,7 @@ def run_turn(interrupted: threading.Event) -> None:
     if MODE == "grandchild":
         subprocess.Popen(["sleep", "3600"])  # a tool's process, left running in the worker's group
         time.sleep(3600)
-    if MODE in ("endless", "ignore_sigterm"):
+    if mode in ("endless", "ignore_sigterm"):
         while not interrupted.is_set():
             emit(delta("la "))
             time.sleep(0.05)
