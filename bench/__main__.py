@@ -1,10 +1,12 @@
-"""`make bench`: latency of maxproxy against the direct cold CLI, both on the fake upstream (50 tokens x 10 ms).
+"""`make bench`: maxproxy with its warm pool against the direct cold CLI, on the fake upstream (50 tokens x 10 ms).
 
-Runs the fake Anthropic upstream and maxproxy (real pinned CLI) on loopback, then measures side by side:
-(a) the direct cold CLI: one `claude -p` stream-json process per request, the floor of any spawn-per-request proxy;
-(b) maxproxy: streaming time to first token and total, non-streaming latency, at concurrency 1 and 4.
-CPU seconds are user+system of the benchmark's children (the CLI processes) per request. Timing goals live here,
-never in the tests. Every request goes to 127.0.0.1; the loops are bounded in count.
+The fake Anthropic upstream and the clients run in this process; maxproxy runs as its own process (`python -m
+maxproxy`, real pinned CLI), so that its CPU and memory are measured apart from its CLI workers'. Side by side, in one
+run: (a) the direct cold CLI, one `claude -p` stream-json process per request — the floor of any spawn-per-request
+proxy; (b) maxproxy: streaming time to first token p50/p95, non-streaming latency, throughput, at concurrency 1, 4
+and 8; CPU seconds per request (maxproxy + its CLI workers); maxproxy's RSS and the total with its workers; and the
+proxy's own CPU per streamed chunk against the CLI's. Timing goals live here, never in the tests. Every request goes
+to 127.0.0.1; every loop is bounded in count.
 """
 
 from __future__ import annotations
@@ -15,21 +17,22 @@ import json
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import msgspec
-from aiohttp import web
-from maxproxy import logs
-from maxproxy.app import create_app
 from maxproxy.claude import command
 from maxproxy.settings import Settings
 from tests.fakes.upstream import FakeUpstream, Reply, Text
 
 TOKENS, DELAY = 50, 0.010
+CONCURRENCY = (1, 4, 8)
+TICKS = os.sysconf("SC_CLK_TCK")
 HELLO = {"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -38,22 +41,79 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def stat(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rfind(")") + 2 :].split()
 
 
-async def direct_cli(settings: Settings) -> tuple[float, float]:
-    """One cold `claude` process for one request: (time to first text delta, total)."""
-    launch = command.Launch(model="sonnet")
+def cpu_of(pid: int, *, children: bool = False) -> float:
+    """User+system seconds of a process (and, with `children`, of its reaped children)."""
+    try:
+        fields = stat(pid)
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / TICKS
+
+
+def rss_of(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(stat(int(entry.name))[1]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+@dataclass
+class Server:
+    """maxproxy as a separate process, with CPU accounting for it and its CLI workers."""
+
+    pid: int
+    url: str
+    seen: dict[int, float] = field(default_factory=dict)
+
+    def cpu(self) -> tuple[float, float]:
+        """(maxproxy's own CPU seconds, its CLI workers' CPU seconds) so far."""
+        fields = stat(self.pid)
+        own = (int(fields[11]) + int(fields[12])) / TICKS
+        reaped = (int(fields[13]) + int(fields[14])) / TICKS
+        for child in children_of(self.pid):
+            self.seen[child] = cpu_of(child)
+        live = sum(cpu for pid, cpu in self.seen.items() if Path(f"/proc/{pid}").exists())
+        return own, reaped + live
+
+    def rss(self) -> tuple[int, int]:
+        own = rss_of(self.pid)
+        return own, own + sum(rss_of(child) for child in children_of(self.pid))
+
+
+async def direct_cli(settings: Settings) -> tuple[float, float, int]:
+    """One cold `claude` process for one request: (time to first text delta, total, text deltas)."""
     started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
-        *command.argv(settings, launch),
+        *command.argv(settings, command.Launch(model="sonnet")),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
         cwd=settings.workspace_path,
         env=command.environment(settings),
+        limit=2**24,
     )
     assert proc.stdin is not None
     assert proc.stdout is not None
@@ -65,111 +125,200 @@ async def direct_cli(settings: Settings) -> tuple[float, float]:
     }
     proc.stdin.write(json.dumps(line).encode() + b"\n")
     proc.stdin.close()
-    first = 0.0
+    first, deltas = 0.0, 0
     async for raw in proc.stdout:
-        if not first and b'"text_delta"' in raw:
-            first = time.perf_counter() - started
+        if b'"text_delta"' in raw:
+            deltas += 1
+            first = first or time.perf_counter() - started
     await proc.wait()
-    return first, time.perf_counter() - started
+    return first, time.perf_counter() - started, deltas
 
 
-async def proxy_stream(http: aiohttp.ClientSession, url: str) -> tuple[float, float]:
+async def proxy_stream(http: aiohttp.ClientSession, url: str) -> tuple[float, float, int]:
     started = time.perf_counter()
-    first = 0.0
+    first, chunks = 0.0, 0
     async with http.post(url, json={**HELLO, "stream": True}) as response:
-        assert response.status == 200
+        assert response.status == 200, await response.text()
         async for raw in response.content:
-            if not first and b'"content":"' in raw and b'"content":""' not in raw:
-                first = time.perf_counter() - started
-    return first, time.perf_counter() - started
+            if raw.startswith(b"data: {") and b'"delta":{"content":' in raw:
+                chunks += 1
+                first = first or time.perf_counter() - started
+    return first, time.perf_counter() - started, chunks
 
 
-async def proxy_complete(http: aiohttp.ClientSession, url: str) -> tuple[float, float]:
+async def proxy_complete(http: aiohttp.ClientSession, url: str) -> tuple[float, float, int]:
     started = time.perf_counter()
     async with http.post(url, json=HELLO) as response:
-        assert response.status == 200
+        assert response.status == 200, await response.text()
         await response.read()
     total = time.perf_counter() - started
-    return total, total
+    return total, total, 0
 
 
-async def measure(
-    name: str, run: Callable[[], Awaitable[tuple[float, float]]], requests: int, concurrency: int
-) -> dict[str, float | str | int]:
-    cpu_before = children_cpu()
-    started = time.perf_counter()
+Run = Callable[[], Awaitable[tuple[float, float, int]]]
+
+
+async def measure(name: str, run: Run, requests: int, concurrency: int, server: Server | None) -> dict[str, object]:
+    cold_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own0, cli0 = server.cpu() if server else (0.0, 0.0)
     firsts: list[float] = []
     totals: list[float] = []
+    chunks = 0
     gate = asyncio.Semaphore(concurrency)
 
     async def one() -> None:
+        nonlocal chunks
         async with gate:
-            first, total = await run()
+            first, total, n = await run()
         firsts.append(first)
         totals.append(total)
+        chunks += n
 
+    started = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(requests)))
     wall = time.perf_counter() - started
+    if server:
+        own1, cli1 = server.cpu()
+        own, cli = own1 - own0, cli1 - cli0
+    else:  # the cold CLIs are this process's own children
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own, cli = 0.0, usage.ru_utime + usage.ru_stime - cold_cpu.ru_utime - cold_cpu.ru_stime
     return {
         "case": name,
-        "concurrency": concurrency,
-        "requests": requests,
+        "c": concurrency,
+        "n": requests,
         "ttft_p50_ms": round(statistics.median(firsts) * 1000, 1),
         "ttft_p95_ms": round(percentile(firsts, 95) * 1000, 1),
         "total_p50_ms": round(statistics.median(totals) * 1000, 1),
         "req_per_s": round(requests / wall, 2),
-        "cli_cpu_s_per_req": round((children_cpu() - cpu_before) / requests, 3),
+        "cpu_s_per_req": round((own + cli) / requests, 3),
+        "proxy_cpu_ms_per_chunk": round(own / chunks * 1000, 3) if chunks and server else "",
+        "cli_cpu_ms_per_chunk": round(cli / chunks * 1000, 3) if chunks else "",
     }
+
+
+async def start_server(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, Server]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "maxproxy",
+        "--port",
+        "0",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(60):
+        while True:
+            line = json.loads(await proc.stdout.readline())
+            if line["event"] == "listening":
+                break
+
+    async def drain_logs() -> None:
+        assert proc.stdout is not None
+        while await proc.stdout.readline():
+            pass
+
+    asyncio.get_running_loop().create_task(drain_logs())
+    return proc, Server(proc.pid, f"{line['url']}/v1/chat/completions")
+
+
+async def wait_warm(server: Server, workers: int) -> None:
+    async with asyncio.timeout(60):
+        while len(children_of(server.pid)) < workers:
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # let the new workers finish initialising
 
 
 async def main(requests: int) -> None:
     upstream = FakeUpstream(default=Reply(blocks=(Text(tuple(f"tok{i} " for i in range(TOKENS))),), delay=DELAY))
     await upstream.start()
     home = Path(tempfile.mkdtemp(prefix="maxproxy-bench-"))
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": upstream.url,
+        "CLAUDE_CODE_OAUTH_TOKEN": "bench",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "MAXPROXY_STATE_DIR": str(home / "state"),
+        "MAXPROXY_LOG_FORMAT": "json",
+        "MAXPROXY_MAX_WORKERS": str(max(CONCURRENCY)),
+        "MAXPROXY_MIN_IDLE": str(max(CONCURRENCY)),
+        "MAXPROXY_LIMIT_SONNET": str(max(CONCURRENCY)),
+        "MAXPROXY_UPSTREAM_RETRIES": "0",
+    }
+    env.pop("ANTHROPIC_API_KEY", None)
     os.environ.update(
-        HOME=str(home),
-        ANTHROPIC_BASE_URL=upstream.url,
-        CLAUDE_CODE_OAUTH_TOKEN="bench",
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+        {
+            k: env[k]
+            for k in (
+                "HOME",
+                "ANTHROPIC_BASE_URL",
+                "CLAUDE_CODE_OAUTH_TOKEN",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+            )
+        }
     )
     os.environ.pop("ANTHROPIC_API_KEY", None)
-    settings = msgspec.convert({"state_dir": str(home / "state"), "upstream_retries": 0}, Settings)
+    settings = msgspec.convert({"state_dir": str(home / "cold"), "upstream_retries": 0}, Settings)
     settings.workspace_path.mkdir(parents=True, exist_ok=True)
-    runner = web.AppRunner(create_app(settings), handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
-    rows = []
+    rows: list[dict[str, object]] = []
+    for concurrency in CONCURRENCY:  # cold first: the cold CLIs are the only children of this process then
+        rows.append(await measure("direct cold CLI", lambda: direct_cli(settings), requests, concurrency, None))
+    proc, server = await start_server(env)
+    memory: tuple[int, int] = (0, 0)
     try:
+        await wait_warm(server, max(CONCURRENCY))
         async with aiohttp.ClientSession() as http:
-            await proxy_complete(http, url)  # warm-up
-            for concurrency in (1, 4):
-                rows.append(await measure("direct cold CLI", lambda: direct_cli(settings), requests, concurrency))
-                rows.append(await measure("maxproxy stream", lambda: proxy_stream(http, url), requests, concurrency))
+            for _ in range(max(CONCURRENCY)):
+                await proxy_complete(http, server.url)  # warm-up
+            for concurrency in CONCURRENCY:
                 rows.append(
-                    await measure("maxproxy non-stream", lambda: proxy_complete(http, url), requests, concurrency)
+                    await measure(
+                        "maxproxy stream", lambda: proxy_stream(http, server.url), requests, concurrency, server
+                    )
                 )
+                rows.append(
+                    await measure(
+                        "maxproxy non-stream", lambda: proxy_complete(http, server.url), requests, concurrency, server
+                    )
+                )
+            memory = server.rss()
     finally:
-        await runner.cleanup()
+        proc.terminate()
+        async with asyncio.timeout(60):
+            await proc.wait()
         await upstream.close()
+    report(rows, memory)
+
+
+def report(rows: list[dict[str, object]], memory: tuple[int, int]) -> None:
     columns = list(rows[0])
-    print(" | ".join(columns))
-    print(" | ".join("---" for _ in columns))
-    for row in rows:
-        print(" | ".join(str(row[c]) for c in columns))
-    for concurrency in (1, 4):
-        cold, stream = (
-            next(r for r in rows if r["case"] == case and r["concurrency"] == concurrency)
-            for case in ("direct cold CLI", "maxproxy stream")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for line in rows:
+        print("| " + " | ".join(str(line[c]) for c in columns) + " |")
+    workers = max(CONCURRENCY)
+    print(f"\nmaxproxy RSS {memory[0] / 2**20:.0f} MiB; with its {workers} warm workers {memory[1] / 2**20:.0f} MiB")
+
+    def pick(case: str, c: int, column: str) -> float:
+        return float(str(next(r for r in rows if r["case"] == case and r["c"] == c)[column]))
+
+    for c in CONCURRENCY:
+        cold, warm = "direct cold CLI", "maxproxy stream"
+        ttft = pick(warm, c, "ttft_p50_ms") / pick(cold, c, "ttft_p50_ms")
+        rate = pick(warm, c, "req_per_s") / pick(cold, c, "req_per_s")
+        cpu = pick(warm, c, "cpu_s_per_req") / pick(cold, c, "cpu_s_per_req")
+        chunk = pick(warm, c, "proxy_cpu_ms_per_chunk") / pick(warm, c, "cli_cpu_ms_per_chunk")
+        print(
+            f"concurrency {c}: maxproxy/cold-CLI TTFT p50 {ttft:.2f}x, throughput {rate:.2f}x, CPU/request {cpu:.2f}x;"
+            f" proxy CPU per chunk = {100 * chunk:.1f}% of the CLI's"
         )
-        ratio = float(stream["ttft_p50_ms"]) / float(cold["ttft_p50_ms"])
-        print(f"concurrency {concurrency}: maxproxy/cold-CLI TTFT p50 ratio {ratio:.2f}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=20, help="requests per case (bounded)")
+    parser.add_argument("--requests", type=int, default=24, help="requests per case (at most 200)")
     args = parser.parse_args()
-    logs.configure("warning", "json")
     asyncio.run(main(min(args.requests, 200)))

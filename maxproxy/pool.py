@@ -45,18 +45,19 @@ MAINTAIN_EVERY = 5.0
 
 
 class Lease:
-    """A worker on loan to one request."""
+    """A worker on loan to one request: set its per-turn options, run one turn, interrupt it."""
 
     def __init__(self, worker: Worker, ref: TurnRef) -> None:
         self.worker = worker
         self.ref = ref
 
-    async def run(
-        self, lines: Sequence[dict[str, Any]], options: Options, watchdog: Watchdog, *, tick: float | None = None
-    ) -> AsyncGenerator[Event | None, None]:
+    async def apply(self, options: Options) -> None:
         await self.worker.apply(options)
-        async for event in self.worker.turn(lines, watchdog, tick=tick):
-            yield event
+
+    def turn(
+        self, lines: Sequence[dict[str, Any]], watchdog: Watchdog, *, tick: float | None = None
+    ) -> AsyncGenerator[Event | None, None]:
+        return self.worker.turn(lines, watchdog, tick=tick)
 
     async def interrupt(self) -> None:
         await self.worker.interrupt()

@@ -231,37 +231,38 @@ def new_id() -> str:
 
 
 class Chunks:
-    """`chat.completion.chunk` payloads; the fixed head is encoded once per response, only deltas per chunk."""
+    """`chat.completion.chunk` payloads as bytes; the fixed head is encoded once per response, only deltas per chunk."""
 
     def __init__(self, completion_id: str, created: int, model: str) -> None:
         self._head = (
-            '{"id":'
-            + encoder.encode(completion_id).decode()
-            + ',"object":"chat.completion.chunk","created":'
-            + str(created)
-            + ',"model":'
-            + encoder.encode(model).decode()
-            + ',"system_fingerprint":null,"choices":'
+            b'{"id":'
+            + encoder.encode(completion_id)
+            + b',"object":"chat.completion.chunk","created":'
+            + str(created).encode()
+            + b',"model":'
+            + encoder.encode(model)
+            + b',"system_fingerprint":null,"choices":'
         )
 
-    def role(self) -> str:
-        return (
-            self._head + '[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'
-        )
-
-    def content(self, text: str) -> str:
+    def role(self) -> bytes:
         return (
             self._head
-            + '[{"index":0,"delta":{"content":'
-            + encoder.encode(text).decode()
-            + '},"logprobs":null,"finish_reason":null}]}'
+            + b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'
         )
 
-    def finish(self, reason: FinishReason) -> str:
-        return self._head + '[{"index":0,"delta":{},"logprobs":null,"finish_reason":"' + reason + '"}]}'
+    def content(self, text: str) -> bytes:
+        return (
+            self._head
+            + b'[{"index":0,"delta":{"content":'
+            + encoder.encode(text)
+            + b'},"logprobs":null,"finish_reason":null}]}'
+        )
 
-    def usage(self, usage: Usage) -> str:
-        return self._head + '[],"usage":' + encoder.encode(usage).decode() + "}"
+    def finish(self, reason: FinishReason) -> bytes:
+        return self._head + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]}'
+
+    def usage(self, usage: Usage) -> bytes:
+        return self._head + b'[],"usage":' + encoder.encode(usage) + b"}"
 
 
 def completion(completion_id: str, created: int, model: str, assembler: Assembler) -> bytes:

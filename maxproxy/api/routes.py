@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
 from aiohttp import web
-from aiohttp_sse import EventSourceResponse
 
 from maxproxy import __version__, errors, prompt, reply
 from maxproxy.api.schema import ChatRequest, ModelCard, ModelList, ignored_fields, request_decoder
+from maxproxy.api.sse import Stream
 from maxproxy.claude.events import Event, System
 from maxproxy.claude.worker import Watchdog
 from maxproxy.pool import Lease
@@ -126,17 +125,18 @@ class Answer:
         self.access = request[ACCESS]
         self._interrupted = False
 
-    async def _take(self, lease: Lease, event: Event) -> str:
+    def _take(self, event: Event) -> str:
         """Feed one event; returns the text the client may see now."""
-        assembler = self.assembler
-        text = assembler.feed(event)
+        text = self.assembler.feed(event)
         if isinstance(event, System) and event.subtype == "init" and event.apiKeySource is not None:
             self.request.app[CLI].api_key_source = event.apiKeySource
-        if assembler.stop_requested and not self._interrupted:
-            # The CLI would "continue" past the output limit on its own; the client asked for this many tokens.
+        return text
+
+    async def _limit(self, lease: Lease) -> None:
+        # The CLI would "continue" past the output limit on its own; the client asked for this many tokens.
+        if self.assembler.stop_requested and not self._interrupted:
             self._interrupted = True
             await lease.interrupt()
-        return text
 
     def _finish_access(self) -> None:
         usage = self.assembler.usage()
@@ -144,10 +144,12 @@ class Answer:
         self.access.completion_tokens = usage.completion_tokens
 
     async def complete(self, lease: Lease, turn: prompt.Turn, watchdog: Watchdog) -> web.Response:
-        async with contextlib.aclosing(lease.run(turn.lines, turn.options, watchdog)) as events:
+        await lease.apply(turn.options)
+        async with contextlib.aclosing(lease.turn(turn.lines, watchdog)) as events:
             async for event in events:
                 if event is not None:  # no ticks were asked for; None never comes
-                    await self._take(lease, event)
+                    self._take(event)
+                    await self._limit(lease)
                 if self.assembler.error is not None:
                     break
         if failure := self.assembler.failure():
@@ -159,65 +161,45 @@ class Answer:
     async def stream(self, lease: Lease, turn: prompt.Turn, watchdog: Watchdog) -> web.StreamResponse:
         settings = self.request.app[SETTINGS]
         chunks = reply.Chunks(self.id, self.created, self.chat.model)
-        response = EventSourceResponse(
-            headers=self.headers, sep="\n", allow_all_methods=True, ping_interval=settings.keepalive_interval
-        )
-
-        async def open_stream() -> None:
-            if not response.prepared:
-                await response.prepare(self.request)
-                await response.send(chunks.role())
-
+        out = Stream(self.request, self.headers, settings.keepalive_interval, chunks.role())
         try:
-            return await self._stream(lease, turn, watchdog, response, open_stream, chunks)
+            failure = await self._relay(lease, turn, watchdog, out, chunks)
+            if failure is not None and not out.open:
+                raise failure
+            if failure is None:
+                self._finish_access()
+                await out.send(chunks.finish(self.assembler.finish_reason))
+                if self.chat.stream_options is not None and self.chat.stream_options.include_usage:
+                    await out.send(chunks.usage(self.assembler.usage()))
+            else:
+                self.access.error = failure.code
+                log.warning("stream_failed", code=failure.code, message=failure.message)
+                await out.send(failure.body())
+            return await out.close()
         except (ConnectionResetError, TimeoutError):
             # The client went away or stopped reading; leaving the pool context interrupts and stops the turn.
             self.access.disconnected = True
-            return response
+            return out.response
 
-    async def _stream(
-        self,
-        lease: Lease,
-        turn: prompt.Turn,
-        watchdog: Watchdog,
-        response: EventSourceResponse,
-        open_stream: Callable[[], Awaitable[None]],
-        chunks: reply.Chunks,
-    ) -> web.StreamResponse:
-        settings = self.request.app[SETTINGS]
-        failure: errors.ProxyError | None = None
+    async def _relay(
+        self, lease: Lease, turn: prompt.Turn, watchdog: Watchdog, out: Stream, chunks: reply.Chunks
+    ) -> errors.ProxyError | None:
+        """Stream the turn's text as it comes; the error that ends it, if any."""
+        await lease.apply(turn.options)
+        tick = self.request.app[SETTINGS].keepalive_interval
         try:
-            async with contextlib.aclosing(
-                lease.run(turn.lines, turn.options, watchdog, tick=settings.keepalive_interval)
-            ) as events:
+            async with contextlib.aclosing(lease.turn(turn.lines, watchdog, tick=tick)) as events:
                 async for event in events:
-                    if event is None:  # silence: start the stream so keepalives can flow
-                        await open_stream()
-                        continue
-                    if text := await self._take(lease, event):
-                        await open_stream()
+                    if event is None:  # silence: open the stream so that keepalives can flow
+                        await out.send(b"")
+                    elif text := self._take(event):
                         if self.access.ttft_ms is None:
                             self.access.ttft_ms = round((time.monotonic() - self.started) * 1000, 1)
-                        await response.send(chunks.content(text))
+                        await out.send(chunks.content(text))
+                    elif self.assembler.stop_requested:
+                        await self._limit(lease)
                     if self.assembler.error is not None:
                         break
         except errors.ProxyError as exc:
-            failure = exc
-        else:
-            failure = self.assembler.failure()
-        if failure is not None and not response.prepared:
-            raise failure
-        await open_stream()
-        if failure is None:
-            self._finish_access()
-            await response.send(chunks.finish(self.assembler.finish_reason))
-            if self.chat.stream_options is not None and self.chat.stream_options.include_usage:
-                await response.send(chunks.usage(self.assembler.usage()))
-        else:
-            self.access.error = failure.code
-            log.warning("stream_failed", code=failure.code, message=failure.message)
-            await response.send(failure.body().decode())
-        await response.send("[DONE]")
-        response.stop_streaming()
-        await response.wait()
-        return response
+            return exc
+        return self.assembler.failure()

@@ -16,7 +16,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from maxproxy.settings import Settings
 
 log = structlog.get_logger("maxproxy.worker")
 
-# Lines can be far larger than asyncio's 64 KiB default (tool results, image echoes, `initialize` answers).
+# Lines can be far larger than asyncio's 64 KiB stream default (tool results, image echoes, `initialize` answers).
 LINE_LIMIT = 256 * 1024 * 1024
 START_TIMEOUT = 30.0
 CONTROL_TIMEOUT = 10.0
@@ -43,6 +43,21 @@ class _End:
         self.error = error
 
 
+class _Tick:
+    """Sentinel: the watched turn has been silent for a keepalive interval."""
+
+    def __init__(self, watch: int) -> None:
+        self.watch = watch
+
+
+class _Expired:
+    """Sentinel: the watched turn passed its inactivity limit or hard cap."""
+
+    def __init__(self, watch: int, error: errors.Timeout) -> None:
+        self.watch = watch
+        self.error = error
+
+
 class Watchdog:
     """Per-turn time limits: no CLI output for `inactivity` seconds, or the whole turn past `cap` seconds."""
 
@@ -52,10 +67,75 @@ class Watchdog:
         self.cap = cap
 
 
+class _Pipes(asyncio.SubprocessProtocol):
+    """The process's pipes: stdout split into lines and decoded as they arrive (no reader task, no extra hop per
+    line), stderr kept for diagnostics, stdin flow control, and the exit."""
+
+    def __init__(self) -> None:
+        self.worker: Worker | None = None
+        self._out = bytearray()
+        self._err = bytearray()
+        self._paused: asyncio.Future[None] | None = None
+        self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.stderr_closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        worker = self.worker
+        assert worker is not None
+        buffer = self._out if fd == 1 else self._err
+        if fd == 1 and worker.broken:
+            buffer.clear()  # nothing more is read from a broken worker
+            return
+        start = len(buffer)
+        buffer += data
+        if len(buffer) > LINE_LIMIT:
+            buffer.clear()
+            if fd == 1:
+                worker._on_end(ProtocolError("an output line beyond the line limit"))
+            return
+        end = buffer.find(b"\n", start)
+        if end < 0:
+            return
+        cut = buffer.rfind(b"\n") + 1
+        lines = bytes(buffer[:cut]).split(b"\n")[:-1]
+        del buffer[:cut]
+        for line in lines:
+            if fd == 1:
+                worker._on_line(line)
+            else:
+                worker._on_stderr(line)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1 and self.worker is not None:
+            self.worker._on_end(None)
+        elif fd == 2 and not self.stderr_closed.done():
+            self.stderr_closed.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._paused is None:
+            self._paused = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._paused is not None and not self._paused.done():
+            self._paused.set_result(None)
+        self._paused = None
+
+    async def drain(self) -> None:
+        if self._paused is not None:
+            await asyncio.shield(self._paused)
+
+
 class Worker:
-    def __init__(self, proc: asyncio.subprocess.Process, settings: Settings, launch: command.Launch | None) -> None:
-        self.proc = proc
-        self.pid = proc.pid
+    def __init__(
+        self, transport: asyncio.SubprocessTransport, pipes: _Pipes, settings: Settings, launch: command.Launch | None
+    ) -> None:
+        self.transport = transport
+        self.pipes = pipes
+        self.pid = transport.get_pid()
         self.launch = launch
         self.settings = settings
         self.name = f"w{next(_ids)}"
@@ -67,20 +147,19 @@ class Worker:
         self.last_activity = time.monotonic()
         self.idle_since = time.monotonic()
         self.tap: Callable[[Event], None] | None = None  # sees every turn event (the pool's event bus)
+        self.info: dict[str, Any] = {}  # the `initialize` answer: version, account, models, ...
         self._options = command.Options()
         self._rewind_to: str | None = None  # uuid of the conversation's first prompt: rewinding to it empties it
         self._seen_output = False
-        self._queue: asyncio.Queue[Event | _End] = asyncio.Queue()
+        self._queue: asyncio.Queue[Event | _End | _Tick | _Expired] = asyncio.Queue()
+        self._watch_id = 0
+        self._last_event = time.monotonic()
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         self._write_lock = asyncio.Lock()
         self._request_ids = itertools.count(1)
-        self._readers = [
-            asyncio.create_task(self._read_stdout(), name=f"{self.name}-stdout"),
-            asyncio.create_task(self._read_stderr(), name=f"{self.name}-stderr"),
-        ]
         self._closing: asyncio.Task[None] | None = None
-        self.info: dict[str, Any] = {}  # the `initialize` answer: version, account, models, ...
+        pipes.worker = self
 
     # --- life cycle ------------------------------------------------------------------------------------------------
 
@@ -88,9 +167,11 @@ class Worker:
     async def start(cls, settings: Settings, launch: command.Launch | None = None) -> Worker:
         """Start a process and wait until it answers `initialize` (which also fixes its system prompt, if any)."""
         workspace = settings.workspace_path
+        loop = asyncio.get_running_loop()
         try:
             workspace.mkdir(parents=True, exist_ok=True)
-            proc = await asyncio.create_subprocess_exec(
+            transport, pipes = await loop.subprocess_exec(
+                _Pipes,
                 *command.argv(settings, launch),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -98,14 +179,13 @@ class Worker:
                 cwd=workspace,
                 env=command.environment(settings),
                 start_new_session=True,  # its own process group: signals reach the CLI and its tools together
-                limit=LINE_LIMIT,
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise errors.CLIUnavailable(
                 f"Cannot start the Claude Code CLI at {settings.cli_path!r} ({exc.strerror}). "
                 "Run `make install`, or set MAXPROXY_CLAUDE_PATH to the `claude` executable."
             ) from None
-        worker = cls(proc, settings, launch)
+        worker = cls(transport, pipes, settings, launch)
         log.debug("worker_started", worker=worker.name, pid=worker.pid, model=launch.model if launch else None)
         try:
             fields = command.initialize_request(settings, launch)
@@ -120,8 +200,12 @@ class Worker:
         return worker
 
     @property
+    def returncode(self) -> int | None:
+        return self.transport.get_returncode()
+
+    @property
     def alive(self) -> bool:
-        return self.proc.returncode is None and not self.broken
+        return self.returncode is None and not self.broken
 
     def stderr_tail(self) -> str:
         return " | ".join(self._stderr)[-400:]
@@ -148,19 +232,20 @@ class Worker:
 
     async def _close(self) -> None:
         step = self.settings.stop_step_timeout
-        if self.proc.returncode is None and self.in_turn and not self.broken:
+        if self.returncode is None and self.in_turn and not self.broken:
             # An interrupt ends the turn in ~20 ms, so the CLI stops spending before it exits.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._send_interrupt(), step)
-        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
-            self.proc.stdin.close()
+        stdin = self.transport.get_pipe_transport(0)
+        if stdin is not None and not stdin.is_closing():
+            stdin.close()
         how = "eof"
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
             if sig is not None:
                 how = sig.name
                 self._signal_group(sig)
             try:
-                await asyncio.wait_for(asyncio.shield(self.proc.wait()), step)
+                await asyncio.wait_for(asyncio.shield(self.pipes.exited), step)
                 break
             except TimeoutError:
                 continue
@@ -168,11 +253,9 @@ class Worker:
             log.error("worker_unreaped", worker=self.name, pid=self.pid)
         # Whatever the CLI started (tool subprocesses) goes with it.
         self._signal_group(signal.SIGKILL)
-        for task in self._readers:
-            task.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
+        self.transport.close()
         self._fail_pending("The CLI exited before answering a control request")
-        log.debug("worker_stopped", worker=self.name, pid=self.pid, returncode=self.proc.returncode, how=how)
+        log.debug("worker_stopped", worker=self.name, pid=self.pid, returncode=self.returncode, how=how)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -187,15 +270,16 @@ class Worker:
 
     async def send(self, line: dict[str, Any]) -> None:
         data = encode_line(line)
-        stdin = self.proc.stdin
-        assert stdin is not None
         async with self._write_lock:
-            try:
-                stdin.write(data)
-                await stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                self.broken = True
-                raise errors.CLIFailed(self._exit_message("before it read its input")) from None
+            self._write(data)
+            await self.pipes.drain()
+
+    def _write(self, data: bytes) -> None:
+        stdin = self.transport.get_pipe_transport(0)
+        if stdin is None or stdin.is_closing() or self.returncode is not None:
+            self.broken = True
+            raise errors.CLIFailed(self._exit_message("before it read its input"))
+        stdin.write(data)  # type: ignore[attr-defined]
 
     async def control(self, subtype: str, *, timeout: float = CONTROL_TIMEOUT, **fields: Any) -> dict[str, Any]:
         """Send a control request and wait for its response."""
@@ -221,68 +305,58 @@ class Worker:
             self.interrupted = True
             await self._send_interrupt()
 
-    async def _read_stdout(self) -> None:
-        stdout = self.proc.stdout
-        assert stdout is not None
-        end = _End()
+    def _on_line(self, line: bytes) -> None:
+        self.last_activity = time.monotonic()
+        if self.broken or not line.strip():
+            return
         try:
-            while line := await stdout.readline():
-                self.last_activity = time.monotonic()
-                if not line.strip():
-                    continue
-                event = decode(line)
-                if event is None:
-                    continue
-                self._seen_output = True
-                if isinstance(event, ControlResponse):
-                    future = self._pending.get(event.response.request_id)
-                    if future is not None and not future.done():
-                        if event.response.subtype == "success":
-                            future.set_result(event.response.response or {})
-                        else:
-                            future.set_exception(
-                                errors.CLIFailed(f"CLI control request failed: {event.response.error}")
-                            )
-                elif isinstance(event, ControlRequest):
-                    await self._refuse(event)
-                else:
-                    self._queue.put_nowait(event)
+            event = decode(line)
         except ProtocolError as exc:
-            end = _End(exc)
-        except ValueError as exc:  # a line beyond LINE_LIMIT
-            end = _End(ProtocolError(str(exc)))
-        finally:
-            self.broken = True
-            self._queue.put_nowait(end)
-            self._fail_pending("The CLI closed its output before answering")
+            self._on_end(exc)
+            return
+        if event is None:
+            return
+        self._seen_output = True
+        if isinstance(event, ControlResponse):
+            future = self._pending.get(event.response.request_id)
+            if future is not None and not future.done():
+                if event.response.subtype == "success":
+                    future.set_result(event.response.response or {})
+                else:
+                    future.set_exception(errors.CLIFailed(f"CLI control request failed: {event.response.error}"))
+        elif isinstance(event, ControlRequest):
+            self._refuse(event)
+        else:
+            self._queue.put_nowait(event)
 
-    async def _refuse(self, request: ControlRequest) -> None:
+    def _on_end(self, error: ProtocolError | None) -> None:
+        """stdout ended (the process is going) or broke protocol (it must go): never reuse the worker."""
+        if self.broken:
+            return
+        self.broken = True
+        self._queue.put_nowait(_End(error))
+        self._fail_pending("The CLI closed its output before answering")
+
+    def _refuse(self, request: ControlRequest) -> None:
         # maxproxy registers no hooks, MCP servers or permission prompts, so the CLI should never ask; if it does,
         # answer at once rather than leave it waiting forever.
         log.warning("cli_control_request_refused", worker=self.name, subtype=request.request.subtype)
+        answer = {
+            "subtype": "error",
+            "request_id": request.request_id,
+            "error": f"maxproxy does not handle {request.request.subtype}",
+        }
         with contextlib.suppress(errors.ProxyError):
-            await self.send(
-                {
-                    "type": "control_response",
-                    "response": {
-                        "subtype": "error",
-                        "request_id": request.request_id,
-                        "error": f"maxproxy does not handle {request.request.subtype}",
-                    },
-                }
-            )
+            self._write(encode_line({"type": "control_response", "response": answer}))
 
-    async def _read_stderr(self) -> None:
-        stderr = self.proc.stderr
-        assert stderr is not None
-        while line := await stderr.readline():
-            text = line.decode(errors="replace").strip()
-            if text:
-                self._stderr.append(text[:300])
-                log.info("cli_stderr", worker=self.name, line=text[:300])
+    def _on_stderr(self, line: bytes) -> None:
+        text = line.decode(errors="replace").strip()
+        if text:
+            self._stderr.append(text[:300])
+            log.info("cli_stderr", worker=self.name, line=text[:300])
 
     def _exit_message(self, when: str) -> str:
-        code = self.proc.returncode
+        code = self.returncode
         tail = self.stderr_tail()
         return (
             f"The Claude Code CLI exited {when}"
@@ -292,25 +366,16 @@ class Worker:
 
     # --- turns ---------------------------------------------------------------------------------------------------
 
-    async def next_event(self, watchdog: Watchdog, tick: float | None = None) -> Event | None:
-        """The next turn event; None when `tick` seconds pass without one (callers use it for keepalives)."""
-        started = time.monotonic()
+    async def next_event(self) -> Event | None:
+        """The next event of the turn being watched (see `_watching`); None for a keepalive tick."""
         while True:
-            now = time.monotonic()
-            limit = min(self.last_activity + watchdog.inactivity, watchdog.deadline)
-            if tick is not None and now - started >= tick and now < limit:
+            item = self._queue.get_nowait() if not self._queue.empty() else await self._queue.get()
+            if isinstance(item, _Tick | _Expired):
+                if item.watch != self._watch_id:
+                    continue  # left over from an earlier watch
+                if isinstance(item, _Expired):
+                    raise item.error
                 return None
-            if now >= limit:
-                if now >= watchdog.deadline:
-                    raise errors.Timeout(f"The turn ran past the {watchdog.cap:g}s limit", code="turn_timeout")
-                raise errors.Timeout(
-                    f"The Claude Code CLI was silent for {watchdog.inactivity:g}s", code="cli_inactivity_timeout"
-                )
-            wait = limit - now if tick is None else min(limit - now, started + tick - now)
-            try:
-                item = await asyncio.wait_for(self._queue.get(), wait)
-            except TimeoutError:
-                continue  # re-check: output may have arrived that is not a turn event
             if isinstance(item, _End):
                 self._queue.put_nowait(item)  # every later read sees the end too
                 await self._wait_exit()
@@ -319,14 +384,51 @@ class Worker:
                 if not self._seen_output:
                     raise errors.CLIUnavailable(self._exit_message("at start-up"))
                 raise errors.CLIFailed(self._exit_message("in the middle of a turn"))
+            self._last_event = time.monotonic()
             return item
+
+    @contextlib.asynccontextmanager
+    async def _watching(self, watchdog: Watchdog, tick: float | None = None) -> AsyncIterator[None]:
+        """Run the watchdog (and keepalive ticks) for the events read inside: one timer task per turn rather than a
+        timer per event, which matters when every token is an event."""
+        self._watch_id += 1
+        self._last_event = time.monotonic()
+        task = asyncio.create_task(self._watch(self._watch_id, watchdog, tick), name=f"{self.name}-watch")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _watch(self, watch: int, watchdog: Watchdog, tick: float | None) -> None:
+        last_tick = 0.0
+        while True:
+            now = time.monotonic()
+            deadline = min(self.last_activity + watchdog.inactivity, watchdog.deadline)
+            if now >= deadline:
+                if now >= watchdog.deadline:
+                    error = errors.Timeout(f"The turn ran past the {watchdog.cap:g}s limit", code="turn_timeout")
+                else:
+                    message = f"The Claude Code CLI was silent for {watchdog.inactivity:g}s"
+                    error = errors.Timeout(message, code="cli_inactivity_timeout")
+                self._queue.put_nowait(_Expired(watch, error))
+                return
+            wake = deadline
+            if tick is not None:
+                due = max(self._last_event, last_tick) + tick
+                if now >= due:
+                    self._queue.put_nowait(_Tick(watch))
+                    last_tick = now
+                    continue
+                wake = min(wake, due)
+            await asyncio.sleep(wake - now)
 
     async def _wait_exit(self) -> None:
         # stdout closed: the exit code and stderr are moments away; wait briefly so the message can carry them.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1.0)
+            await asyncio.wait_for(asyncio.shield(self.pipes.exited), 1.0)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._readers[1]), 0.5)
+            await asyncio.wait_for(asyncio.shield(self.pipes.stderr_closed), 0.5)
 
     async def apply(self, options: command.Options) -> None:
         """Per-turn settings (output limit, effort), sent only when they differ from the last ones."""
@@ -350,41 +452,41 @@ class Worker:
         self.interrupted = False
         self.last_result = None
         self.turns += 1
-        for n, line in enumerate(lines):
-            if n == 0 and self._rewind_to is None and line.get("type") == "user":
-                # The conversation's first prompt gets an id: rewinding to it later empties the conversation without a
-                # trace (a `/clear` leaves its own caveat text on the next prompt).
-                line = {**line, "uuid": str(uuid.uuid4())}
-                if line.get("shouldQuery") is not False:
-                    self._rewind_to = line["uuid"]
-                else:
-                    self._rewind_to = ""  # a replayed history cannot be rewound (see `resettable`)
-            await self.send(line)
-            if line.get("type") == "user" and line.get("shouldQuery") is False:
-                while not isinstance(await self.next_event(watchdog), Result):
-                    pass
-        while True:
-            event = await self.next_event(watchdog, tick)
-            if event is not None and self.tap is not None:
-                self.tap(event)
-            if isinstance(event, Result):
-                self.in_turn = False
-                self.last_result = event
+        async with self._watching(watchdog, tick):
+            for n, line in enumerate(lines):
+                if n == 0 and self._rewind_to is None and line.get("type") == "user":
+                    # The conversation's first prompt gets an id: rewinding to it later empties the conversation.
+                    line = {**line, "uuid": str(uuid.uuid4())}
+                    if line.get("shouldQuery") is not False:
+                        self._rewind_to = line["uuid"]
+                    else:
+                        self._rewind_to = ""  # a replayed history cannot be rewound (see `resettable`)
+                await self.send(line)
+                if line.get("type") == "user" and line.get("shouldQuery") is False:
+                    while not isinstance(await self.next_event(), Result):
+                        pass
+            while True:
+                event = await self.next_event()
+                if event is not None and self.tap is not None:
+                    self.tap(event)
+                if isinstance(event, Result):
+                    self.in_turn = False
+                    self.last_result = event
+                    yield event
+                    return
                 yield event
-                return
-            yield event
 
     async def finish(self, timeout: float) -> None:
         """End a turn that its consumer left: interrupt it and read its remaining events up to the `Result`."""
         await self.interrupt()
-        watchdog = Watchdog(timeout, timeout)
-        while self.in_turn:
-            event = await self.next_event(watchdog)
-            if event is not None and self.tap is not None:
-                self.tap(event)
-            if isinstance(event, Result):
-                self.in_turn = False
-                self.last_result = event
+        async with self._watching(Watchdog(timeout, timeout)):
+            while self.in_turn:
+                event = await self.next_event()
+                if event is not None and self.tap is not None:
+                    self.tap(event)
+                if isinstance(event, Result):
+                    self.in_turn = False
+                    self.last_result = event
 
     @property
     def resettable(self) -> bool:
