@@ -209,11 +209,19 @@ async def start_server(env: dict[str, str]) -> tuple[asyncio.subprocess.Process,
         stderr=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
-    async with asyncio.timeout(60):
-        while True:
-            line = json.loads(await proc.stdout.readline())
-            if line["event"] == "listening":
-                break
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                raw = await proc.stdout.readline()
+                if not raw:
+                    raise RuntimeError("maxproxy exited before it listened")
+                line = json.loads(raw)
+                if line["event"] == "listening":
+                    break
+    except BaseException:
+        proc.kill()  # never leave a server (and its workers) behind
+        await proc.wait()
+        raise
 
     async def drain_logs() -> None:
         assert proc.stdout is not None

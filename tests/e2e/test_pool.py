@@ -394,3 +394,45 @@ def _cwd_in(proc: Path, directory: Path) -> bool:
         return str(directory) in os.readlink(proc / "cwd")
     except OSError:
         return False
+
+
+async def test_idle_workers_beyond_min_idle_retire(cli_env: Path, start_proxy: ProxyFactory) -> None:
+    proxy = await start_proxy(idle_timeout=0.3)
+    pool = pool_of(proxy)
+    await proxy.openai.chat.completions.create(model="claude-haiku-4", messages=HELLO)  # not a warm model
+    await wait_for(lambda: pool.counts["retired:idle"] == 1, timeout=15)
+    await wait_for(lambda: pool.idle == 1)  # the warm sonnet worker stays
+    assert pool.counts["retired:idle"] == 1
+
+
+async def test_draining_refuses_new_work_with_503(proxy: Proxy) -> None:
+    pool_of(proxy).drain()
+    status, body, headers = await post(proxy, ask("hi"))
+    assert (status, body["error"]["type"]) == (503, "service_unavailable")
+    assert int(headers["Retry-After"]) >= 1
+    async with proxy.http.get(proxy.url + "/health") as response:
+        assert response.status == 503
+        assert "shutting down" in (await response.json())["problems"]
+
+
+async def test_workers_do_not_outlive_a_killed_maxproxy(cli_env: Path, tmp_path: Path) -> None:
+    state = tmp_path / "daemon-state"
+    env = {**os.environ, "MAXPROXY_STATE_DIR": str(state), "MAXPROXY_LOG_FORMAT": "json", "MAXPROXY_MIN_IDLE": "2"}
+    daemon = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "maxproxy", "--port", "0", env=env, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_for(lambda: len(_workers_in(state)) >= 2, timeout=30)
+        daemon.kill()  # no clean-up code runs
+        await daemon.wait()
+        # Their stdin closed with maxproxy: idle workers exit by themselves.
+        await wait_for(lambda: not _workers_in(state), timeout=15)
+    finally:
+        if daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
+
+
+def _workers_in(state: Path) -> list[Path]:
+    return [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cwd_in(p, state)]
