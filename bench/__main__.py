@@ -197,7 +197,7 @@ async def measure(name: str, run: Run, requests: int, concurrency: int, server: 
     }
 
 
-async def start_server(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, Server]:
+async def start_server(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, Server, asyncio.Task[None]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -228,8 +228,8 @@ async def start_server(env: dict[str, str]) -> tuple[asyncio.subprocess.Process,
         while await proc.stdout.readline():
             pass
 
-    asyncio.get_running_loop().create_task(drain_logs())
-    return proc, Server(proc.pid, f"{line['url']}/v1/chat/completions")
+    logs = asyncio.create_task(drain_logs())  # ends when the server's stdout closes
+    return proc, Server(proc.pid, f"{line['url']}/v1/chat/completions"), logs
 
 
 async def wait_warm(server: Server, workers: int) -> None:
@@ -274,7 +274,7 @@ async def main(requests: int) -> None:
     rows: list[dict[str, object]] = []
     for concurrency in CONCURRENCY:  # cold first: the cold CLIs are the only children of this process then
         rows.append(await measure("direct cold CLI", lambda: direct_cli(settings), requests, concurrency, None))
-    proc, server = await start_server(env)
+    proc, server, logs = await start_server(env)
     memory: tuple[int, int] = (0, 0)
     try:
         await wait_warm(server, max(CONCURRENCY))
@@ -297,6 +297,7 @@ async def main(requests: int) -> None:
         proc.terminate()
         async with asyncio.timeout(60):
             await proc.wait()
+            await logs
         await upstream.close()
     report(rows, memory)
 
