@@ -17,7 +17,6 @@ import json
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ import aiohttp
 import msgspec
 from maxproxy.claude import command
 from maxproxy.settings import Settings
+from tests.daemon import daemon
 from tests.fakes.upstream import FakeUpstream, Reply, Text
 
 TOKENS, DELAY = 50, 0.010
@@ -197,41 +197,6 @@ async def measure(name: str, run: Run, requests: int, concurrency: int, server: 
     }
 
 
-async def start_server(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, Server, asyncio.Task[None]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "maxproxy",
-        "--port",
-        "0",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    try:
-        async with asyncio.timeout(60):
-            while True:
-                raw = await proc.stdout.readline()
-                if not raw:
-                    raise RuntimeError("maxproxy exited before it listened")
-                line = json.loads(raw)
-                if line["event"] == "listening":
-                    break
-    except BaseException:
-        proc.kill()  # never leave a server (and its workers) behind
-        await proc.wait()
-        raise
-
-    async def drain_logs() -> None:
-        assert proc.stdout is not None
-        while await proc.stdout.readline():
-            pass
-
-    logs = asyncio.create_task(drain_logs())  # ends when the server's stdout closes
-    return proc, Server(proc.pid, f"{line['url']}/v1/chat/completions"), logs
-
-
 async def wait_warm(server: Server, workers: int) -> None:
     async with asyncio.timeout(60):
         while len(children_of(server.pid)) < workers:
@@ -274,9 +239,9 @@ async def main(requests: int) -> None:
     rows: list[dict[str, object]] = []
     for concurrency in CONCURRENCY:  # cold first: the cold CLIs are the only children of this process then
         rows.append(await measure("direct cold CLI", lambda: direct_cli(settings), requests, concurrency, None))
-    proc, server, logs = await start_server(env)
     memory: tuple[int, int] = (0, 0)
-    try:
+    async with daemon(env) as (proc, url, _):
+        server = Server(proc.pid, f"{url}/v1/chat/completions")
         await wait_warm(server, max(CONCURRENCY))
         async with aiohttp.ClientSession() as http:
             for _ in range(max(CONCURRENCY)):
@@ -293,12 +258,10 @@ async def main(requests: int) -> None:
                     )
                 )
             memory = server.rss()
-    finally:
         proc.terminate()
         async with asyncio.timeout(60):
             await proc.wait()
-            await logs
-        await upstream.close()
+    await upstream.close()
     report(rows, memory)
 
 

@@ -465,28 +465,25 @@ class Worker:
                 if line.get("type") == "user" and line.get("shouldQuery") is False:
                     while not isinstance(await self.next_event(), Result):
                         pass
-            while True:
-                event = await self.next_event()
-                if event is not None and self.tap is not None:
-                    self.tap(event)
-                if isinstance(event, Result):
-                    self.in_turn = False
-                    self.last_result = event
-                    yield event
-                    return
-                yield event
+            while self.in_turn:
+                yield await self._turn_event()
 
     async def finish(self, timeout: float) -> None:
         """End a turn that its consumer left: interrupt it and read its remaining events up to the `Result`."""
         await self.interrupt()
         async with self._watching(Watchdog(timeout, timeout)):
             while self.in_turn:
-                event = await self.next_event()
-                if event is not None and self.tap is not None:
-                    self.tap(event)
-                if isinstance(event, Result):
-                    self.in_turn = False
-                    self.last_result = event
+                await self._turn_event()
+
+    async def _turn_event(self) -> Event | None:
+        """The next event of the running turn, shown to the tap; the `Result` ends the turn."""
+        event = await self.next_event()
+        if event is not None and self.tap is not None:
+            self.tap(event)
+        if isinstance(event, Result):
+            self.in_turn = False
+            self.last_result = event
+        return event
 
     @property
     def resettable(self) -> bool:

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from maxproxy.state import BUS, POOL
 
 from tests import sse
 from tests.conftest import Proxy, ProxyFactory, fake_cli, wait_for
+from tests.daemon import daemon, processes_in
 from tests.e2e import CHAT, HELLO
 from tests.fakes.upstream import FakeUpstream, Reply
 from tests.procs import alive, children
@@ -334,7 +334,7 @@ async def test_real_cli_disconnects_and_hangs_leave_the_pool_clean(proxy: Proxy,
     for _ in range(4):
         await asyncio.gather(*(one() for _ in range(5)))
     pool = pool_of(proxy)
-    await wait_for(lambda: pool.busy == 0 and not pool._returns, timeout=30)
+    await wait_for(lambda: pool.busy == 0 and not pool._returns and not pool._stopping, timeout=30)
     assert not [c for c in children(os.getpid()) if "[Z]" in c]
     assert len(pool.pids) <= proxy.settings.max_workers
     upstream.responder = None
@@ -351,49 +351,19 @@ async def test_sigterm_lets_streams_in_flight_finish(cli_env: Path, upstream: Fa
         "MAXPROXY_LOG_FORMAT": "json",
         "MAXPROXY_SHUTDOWN_TIMEOUT": "20",
     }
-    daemon = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "maxproxy",
-        "--port",
-        "0",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert daemon.stdout is not None
-    try:
-        async with asyncio.timeout(30):
-            while True:
-                line = json.loads(await daemon.stdout.readline())
-                if line["event"] == "listening":
-                    url = line["url"] + CHAT
-                    break
+    async with daemon(env) as (proc, url, _):
         async with aiohttp.ClientSession() as http:
-            responses = [await http.post(url, json={**ask(f"stream {n}"), "stream": True}) for n in range(2)]
+            responses = [await http.post(url + CHAT, json={**ask(f"stream {n}"), "stream": True}) for n in range(2)]
             for response in responses:
                 await response.content.readline()  # both streams are under way
-            daemon.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
             streams = [await sse.read(response) for response in responses]
         for stream in streams:
             assert stream.text == "word " * 30
             assert stream.data[-1] == "[DONE]"
         async with asyncio.timeout(30):
-            await daemon.wait()
-        assert daemon.returncode == 0
-    finally:
-        if daemon.returncode is None:
-            daemon.kill()
-            await daemon.wait()
-    leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cwd_in(p, state)]
-    assert not leftovers, "a CLI worker outlived the daemon"
-
-
-def _cwd_in(proc: Path, directory: Path) -> bool:
-    try:
-        return str(directory) in os.readlink(proc / "cwd")
-    except OSError:
-        return False
+            assert await proc.wait() == 0
+    assert not processes_in(state), "a CLI worker outlived the daemon"
 
 
 async def test_idle_workers_beyond_min_idle_retire(cli_env: Path, start_proxy: ProxyFactory) -> None:
@@ -418,21 +388,9 @@ async def test_draining_refuses_new_work_with_503(proxy: Proxy) -> None:
 async def test_workers_do_not_outlive_a_killed_maxproxy(cli_env: Path, tmp_path: Path) -> None:
     state = tmp_path / "daemon-state"
     env = {**os.environ, "MAXPROXY_STATE_DIR": str(state), "MAXPROXY_LOG_FORMAT": "json", "MAXPROXY_MIN_IDLE": "2"}
-    daemon = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "maxproxy", "--port", "0", env=env, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        await wait_for(lambda: len(_workers_in(state)) >= 2, timeout=30)
-        daemon.kill()  # no clean-up code runs
-        await daemon.wait()
-        # Their stdin closed with maxproxy: idle workers exit by themselves.
-        await wait_for(lambda: not _workers_in(state), timeout=15)
-    finally:
-        if daemon.returncode is None:
-            daemon.kill()
-            await daemon.wait()
-
-
-def _workers_in(state: Path) -> list[Path]:
-    return [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cwd_in(p, state)]
+    async with daemon(env) as (proc, _, _):
+        await wait_for(lambda: len(processes_in(state)) >= 2, timeout=30)
+        proc.kill()  # no clean-up code runs
+        await proc.wait()
+    # Their stdin closed with maxproxy: idle workers exit by themselves.
+    await wait_for(lambda: not processes_in(state), timeout=15)

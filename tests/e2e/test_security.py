@@ -7,12 +7,12 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 
 from tests.conftest import ProxyFactory
+from tests.daemon import daemon, processes_in
 from tests.e2e import CHAT, HELLO
 from tests.fakes.upstream import FakeUpstream
 
@@ -85,28 +85,8 @@ async def test_the_command_serves_logs_json_and_stops_cleanly(
         "MAXPROXY_LOG_FORMAT": "json",
         "MAXPROXY_UPSTREAM_RETRIES": "0",
     }
-    daemon = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "maxproxy",
-        "--port",
-        "0",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert daemon.stdout is not None
-    lines: list[dict[str, object]] = []
-    try:
-        async with asyncio.timeout(30):
-            while True:
-                raw = await daemon.stdout.readline()
-                assert raw, (await daemon.stderr.read()).decode() if daemon.stderr else "daemon exited"
-                lines.append(json.loads(raw))
-                if lines[-1]["event"] == "listening":
-                    break
-        url = str(lines[-1]["url"])
-        prompt = "PROMPT-TEXT-must-not-be-logged"
+    prompt = "PROMPT-TEXT-must-not-be-logged"
+    async with daemon(env) as (proc, url, records):
         async with aiohttp.ClientSession() as http:
             async with http.post(
                 url + CHAT,
@@ -117,16 +97,10 @@ async def test_the_command_serves_logs_json_and_stops_cleanly(
                 assert response.headers["x-request-id"] == "trace-42"
             async with http.get(url + "/v1/models", headers={"Authorization": "Bearer sk-wrong"}) as response:
                 assert response.status == 401
-        daemon.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
-            rest, _ = await daemon.communicate()
-        assert daemon.returncode == 0
-    finally:
-        if daemon.returncode is None:
-            daemon.kill()
-            await daemon.wait()
-    output = b"\n".join(json.dumps(line).encode() for line in lines) + b"\n" + rest
-    records = [json.loads(line) for line in output.splitlines() if line.strip()]
+            assert await proc.wait() == 0
+    output = json.dumps(records)
     events = [r["event"] for r in records]
     assert "cli_ready" in events
     assert "stopped" in events
@@ -135,15 +109,7 @@ async def test_the_command_serves_logs_json_and_stops_cleanly(
     assert (access["status"], access["model"], access["stream"]) == (200, "claude-sonnet-4", False)
     assert access["completion_tokens"] == 4
     assert access["duration_ms"] > 0
-    assert b"sk-very-secret-0123" not in output
-    assert b"sk-wrong" not in output
-    assert prompt.encode() not in output
-    leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cwd_in(p, state)]
-    assert not leftovers, "a CLI worker outlived the daemon"
-
-
-def _cwd_in(proc: Path, directory: Path) -> bool:
-    try:
-        return str(directory) in os.readlink(proc / "cwd")
-    except OSError:
-        return False
+    assert "sk-very-secret-0123" not in output
+    assert "sk-wrong" not in output
+    assert prompt not in output
+    assert not processes_in(state), "a CLI worker outlived the daemon"
