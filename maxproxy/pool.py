@@ -77,8 +77,7 @@ class Pool:
         self.bus = bus or Bus()
         self._live: set[Worker] = set()  # processes counted against max_workers: idle, lent, being taken back
         self._idle: dict[Launch, list[Worker]] = {}
-        self._refills: dict[asyncio.Task[None], Launch] = {}
-        self._spawning = 0  # request-driven starts in progress
+        self._starting: dict[asyncio.Task[errors.ProxyError | None], Launch] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self._returns: set[asyncio.Task[None]] = set()
         self._busy: collections.Counter[str] = collections.Counter()
@@ -107,7 +106,7 @@ class Pool:
 
     @property
     def starting(self) -> int:
-        return len(self._refills) + self._spawning
+        return len(self._starting)
 
     @property
     def queued(self) -> int:
@@ -123,7 +122,7 @@ class Pool:
 
     def _processes(self) -> int:
         # Processes being stopped count too: max_workers bounds what runs, not only what is in use.
-        return len(self._live) + len(self._refills) + self._spawning + len(self._stopping)
+        return len(self._live) + len(self._starting) + len(self._stopping)
 
     def _warm_launches(self) -> list[Launch]:
         table = self.settings.model_table
@@ -148,7 +147,7 @@ class Pool:
         """Stop every worker (interrupting turns still running) and reap them all."""
         self.drain()
         self._closed = True
-        tasks: list[asyncio.Task[Any]] = [t for t in (self._maintainer,) if t is not None] + list(self._refills)
+        tasks: list[asyncio.Task[Any]] = [t for t in (self._maintainer,) if t is not None] + list(self._starting)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -249,6 +248,8 @@ class Pool:
             raise
 
     async def _checkout(self, launch: Launch) -> Worker:
+        """An idle worker for this launch: one already warm, one about to be, or a new one. A new worker is started
+        by a task of the pool's, so a request that leaves meanwhile does not waste it: it joins the idle set."""
         while True:
             idle = self._idle.get(launch)
             while idle:
@@ -257,42 +258,36 @@ class Pool:
                     self._wake.set()  # the maintainer refills the warm set
                     return worker
                 self._retire(worker, "exited_idle")
-            pending = [task for task, key in self._refills.items() if key == launch]
+            pending = [task for task, key in self._starting.items() if key == launch]
+            mine = None
             if not pending:
-                break
-            await asyncio.wait(pending)  # a warm worker for this launch is moments away
-        await self._make_room()
-        if self.backoff_seconds:
-            raise errors.Unavailable(
-                f"CLI workers keep failing to start: {self.last_error}",
-                retry_after=self.backoff_seconds,
-                code="cli_unavailable",
-            )
-        self._spawning += 1
-        try:
-            worker = await Worker.start(self.settings, launch)
-        except errors.ProxyError as exc:
-            self._start_failed(exc)
-            raise
-        finally:
-            self._spawning -= 1
-        self._adopt(worker)
-        return worker
+                await self._make_room()
+                if self.backoff_seconds:
+                    raise errors.Unavailable(
+                        f"CLI workers keep failing to start: {self.last_error}",
+                        retry_after=self.backoff_seconds,
+                        code="cli_unavailable",
+                    )
+                mine = self._start(launch)
+                pending = [mine]
+            await asyncio.wait(pending)
+            if mine is not None and not mine.cancelled() and (failure := mine.result()) is not None:
+                raise failure
 
     async def _make_room(self) -> None:
-        """Keep processes within max_workers: stop the least recently used idle worker or a refill, and wait for
-        processes being stopped to be gone."""
+        """Keep processes within max_workers: stop the least recently used idle worker or a start in progress, and
+        wait for processes being stopped to be gone."""
         while self._processes() >= self.settings.max_workers:
             idle = [w for workers in self._idle.values() for w in workers]
             if idle:
                 self._retire(min(idle, key=lambda w: w.idle_since), "room")
-            elif self._refills:
-                task = next(iter(self._refills))
+            elif self._starting:
+                task = next(iter(self._starting))
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             if self._stopping and self._processes() >= self.settings.max_workers:
                 await asyncio.wait(set(self._stopping), return_when=asyncio.FIRST_COMPLETED)
-            elif not idle and not self._refills:
+            elif not idle and not self._starting:
                 break  # every process is lent: cannot happen while the caller holds a slot
 
     def _adopt(self, worker: Worker) -> None:
@@ -414,29 +409,34 @@ class Pool:
         if self.draining or self.backoff_seconds:
             return
         for launch in self._warm_launches():
-            have = len(self._idle.get(launch, [])) + sum(1 for key in self._refills.values() if key == launch)
+            have = len(self._idle.get(launch, [])) + sum(1 for key in self._starting.values() if key == launch)
             while have < self.settings.min_idle and self._processes() < self.settings.max_workers:
-                task = asyncio.create_task(self._start_warm(launch), name=f"refill-{launch.model}")
-                self._refills[task] = launch
-                task.add_done_callback(self._refilled)
+                self._start(launch)
                 have += 1
 
-    def _refilled(self, task: asyncio.Task[None]) -> None:
-        self._refills.pop(task, None)
+    def _start(self, launch: Launch) -> asyncio.Task[errors.ProxyError | None]:
+        task = asyncio.create_task(self._start_worker(launch), name=f"start-{launch.model}")
+        self._starting[task] = launch
+        task.add_done_callback(self._started)
+        return task
+
+    def _started(self, task: asyncio.Task[errors.ProxyError | None]) -> None:
+        self._starting.pop(task, None)
         self._wake.set()
 
-    async def _start_warm(self, launch: Launch) -> None:
+    async def _start_worker(self, launch: Launch) -> errors.ProxyError | None:
+        """Start a worker and park it idle; the start-up error, if any (for the request that wanted it)."""
         try:
             worker = await Worker.start(self.settings, launch)
         except errors.ProxyError as exc:
             self._start_failed(exc)
-            return
+            return exc
         self._adopt(worker)
         if self.draining:
             self._retire(worker, "shutdown")
         else:
             self._park(worker)
-            self._grant()
+        return None
 
     # --- leftovers of a crashed maxproxy -------------------------------------------------------------------------
 

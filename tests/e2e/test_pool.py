@@ -394,3 +394,18 @@ async def test_workers_do_not_outlive_a_killed_maxproxy(cli_env: Path, tmp_path:
         await proc.wait()
     # Their stdin closed with maxproxy: idle workers exit by themselves.
     await wait_for(lambda: not processes_in(state), timeout=15)
+
+
+async def test_a_worker_started_for_a_client_that_left_is_kept_warm(cli_env: Path, start_proxy: ProxyFactory) -> None:
+    proxy = await start_proxy(min_idle=0)
+    pool = pool_of(proxy)
+    request = asyncio.create_task(post(proxy, ask("hi", model="claude-haiku-4")))
+    await wait_for(lambda: pool.starting == 1)
+    request.cancel()  # gone while its worker is still starting
+    await asyncio.gather(request, return_exceptions=True)
+    await wait_for(lambda: pool.idle == 1 and pool.busy == 0)
+    assert pool.counts["spawned"] == 1
+    assert not [reason for reason in pool.counts if reason.startswith("retired:")]
+    status, _, _ = await post(proxy, ask("again", model="claude-haiku-4"))
+    assert status == 200
+    assert pool.counts["spawned"] == 1  # the next request found it warm
