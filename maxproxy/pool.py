@@ -170,6 +170,7 @@ class Pool:
         worker: Worker | None = None
         try:
             worker = await self._checkout(launch)
+            lent = time.monotonic()
             request_id = structlog.contextvars.get_contextvars().get("request_id")
             ref = TurnRef(
                 turn_id=uuid.uuid4().hex[:16], request_id=request_id, model=model or launch.model, worker=worker.name
@@ -181,7 +182,7 @@ class Pool:
                 self._release(family)
             else:
                 # Taken back by a task the pool owns: a cancelled request cannot cut the clean-up short.
-                task = asyncio.create_task(self._take_back(worker, family, ref), name=f"return-{worker.name}")
+                task = asyncio.create_task(self._take_back(worker, family, ref, lent), name=f"return-{worker.name}")
                 self._returns.add(task)
                 task.add_done_callback(self._returns.discard)
 
@@ -329,8 +330,7 @@ class Pool:
         task.add_done_callback(stopped)
         self._wake.set()
 
-    async def _take_back(self, worker: Worker, family: str, ref: TurnRef) -> None:
-        started = time.monotonic()
+    async def _take_back(self, worker: Worker, family: str, ref: TurnRef, lent: float) -> None:
         outcome, reason = "ok", ""
         try:
             if worker.in_turn:
@@ -348,12 +348,12 @@ class Pool:
                 outcome = "killed" if outcome == "interrupted" else outcome
             if result is not None and result.is_error and not worker.interrupted:
                 outcome = "error"
-            self.bus.publish(ref, TurnEnd(outcome=outcome, seconds=round(time.monotonic() - started, 3)))
+            elapsed = time.monotonic() - lent  # the whole turn, for TurnEnd and the Retry-After estimate
+            self.bus.publish(ref, TurnEnd(outcome=outcome, seconds=round(elapsed, 3)))
             if reason or self._closed:
                 self._retire(worker, reason or "shutdown")
             else:
                 self._park(worker)
-            elapsed = time.monotonic() - started
             previous = self._turn_seconds.get(family, elapsed)
             self._turn_seconds[family] = 0.8 * previous + 0.2 * elapsed
             self._release(family)

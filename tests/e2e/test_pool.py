@@ -246,7 +246,7 @@ async def test_the_event_bus_sees_every_turn_and_never_slows_it(proxy: Proxy, up
     bus = proxy.app[BUS]
     reader = bus.subscribe()
     stuck = bus.subscribe(maxsize=1)  # a subscriber that never reads
-    upstream.push(Reply.text("streamed to the bus", pieces=5))
+    upstream.push(Reply.text("streamed to the bus", pieces=5, delay=0.05))
     answer = await proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=HELLO)
     assert answer.choices[0].message.content == "streamed to the bus"
     items = []
@@ -261,6 +261,7 @@ async def test_the_event_bus_sees_every_turn_and_never_slows_it(proxy: Proxy, up
     texts = [i.event.delta.text for i in items if isinstance(i, StreamEvent) and i.event.delta and i.event.delta.text]
     assert "".join(texts) == "streamed to the bus"
     assert isinstance(items[-1], TurnEnd)
+    assert items[-1].seconds >= 0.25  # the whole turn, not just taking the worker back
     assert items[-1].outcome == "ok"
     assert ref.model == "claude-sonnet-4"
     assert ref.request_id
