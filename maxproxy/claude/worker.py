@@ -149,7 +149,9 @@ class Worker:
         self.tap: Callable[[Event], None] | None = None  # sees every turn event (the pool's event bus)
         self.info: dict[str, Any] = {}  # the `initialize` answer: version, account, models, ...
         self._options = command.Options()
-        self._rewind_to: str | None = None  # uuid of the conversation's first prompt: rewinding to it empties it
+        self.session_id: str | None = None  # the CLI's session (its transcript), as its events report it
+        self._prompts: list[str] = []  # uuids of the conversation's prompts: rewinding them, last first, empties it
+        self._replayed = False  # the conversation began with replayed history, which cannot be rewound
         self._seen_output = False
         self._queue: asyncio.Queue[Event | _End | _Tick | _Expired] = asyncio.Queue()
         self._watch_id = 0
@@ -453,14 +455,9 @@ class Worker:
         self.last_result = None
         self.turns += 1
         async with self._watching(watchdog, tick):
-            for n, line in enumerate(lines):
-                if n == 0 and self._rewind_to is None and line.get("type") == "user":
-                    # The conversation's first prompt gets an id: rewinding to it later empties the conversation.
-                    line = {**line, "uuid": str(uuid.uuid4())}
-                    if line.get("shouldQuery") is not False:
-                        self._rewind_to = line["uuid"]
-                    else:
-                        self._rewind_to = ""  # a replayed history cannot be rewound (see `resettable`)
+            for line in lines:
+                if line.get("type") == "user":
+                    line = self._track(line)
                 await self.send(line)
                 if line.get("type") == "user" and line.get("shouldQuery") is False:
                     while not isinstance(await self.next_event(), Result):
@@ -475,6 +472,15 @@ class Worker:
             while self.in_turn:
                 await self._turn_event()
 
+    def _track(self, line: dict[str, Any]) -> dict[str, Any]:
+        """Give a user line an id, and remember the prompts: rewinding them later empties the conversation."""
+        line = {**line, "uuid": str(uuid.uuid4())}
+        if line.get("shouldQuery") is False:
+            self._replayed = self._replayed or not self._prompts
+        else:
+            self._prompts.append(line["uuid"])
+        return line
+
     async def _turn_event(self) -> Event | None:
         """The next event of the running turn, shown to the tap; the `Result` ends the turn."""
         event = await self.next_event()
@@ -483,24 +489,25 @@ class Worker:
         if isinstance(event, Result):
             self.in_turn = False
             self.last_result = event
+            self.session_id = event.session_id or self.session_id
         return event
 
     @property
     def resettable(self) -> bool:
-        """Whether `reset` can empty the conversation. Measured: rewinding to the first prompt leaves nothing, but a
-        conversation that began with replayed history (`shouldQuery: false` lines) cannot be rewound, and `/clear`
-        leaves a `<local-command-caveat>` block on every later conversation of the process."""
-        return self._rewind_to != ""
+        """Whether `reset` can empty the conversation. Measured: rewinding its prompts, last first, leaves nothing;
+        replayed history (`shouldQuery: false` lines) cannot be rewound, and `/clear` leaves a
+        `<local-command-caveat>` block in front of every later conversation of the process."""
+        return not self._replayed
 
     async def reset(self) -> bool:
         """Empty the conversation so that the next turn starts from nothing; False if that cannot be done."""
-        target, self._rewind_to = self._rewind_to, None
-        if target is None:
-            return True  # no turn since the last reset
-        if not target:
+        prompts, replayed = self._prompts, self._replayed
+        self._prompts, self._replayed = [], False
+        if replayed:
             return False
-        answer = await self.control("rewind_conversation", target_message_uuid=target)
-        if not answer.get("rewound"):
-            log.warning("worker_rewind_failed", worker=self.name, reason=answer.get("reason"))
-            return False
+        for prompt in reversed(prompts):
+            answer = await self.control("rewind_conversation", target_message_uuid=prompt)
+            if not answer.get("rewound"):
+                log.warning("worker_rewind_failed", worker=self.name, reason=answer.get("reason"))
+                return False
         return True

@@ -45,8 +45,13 @@ async def test_stream_disconnect_interrupts_the_turn_and_keeps_the_worker(proxy:
     assert worker.alive
     assert worker.last_result is not None
     assert worker.last_result.subtype == "error_during_execution"
-    answer = await proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=HELLO)
+    answer = await proxy.openai.chat.completions.create(
+        model="claude-sonnet-4", messages=[{"role": "user", "content": "next"}]
+    )
     assert answer.choices[0].message.content == "Hello from fake upstream!"
+    # The interrupted turn was rewound away: no partial answer, no "[Request interrupted by user]".
+    sent = [m for m in upstream.messages_requests[-1].messages if m["role"] != "system"]
+    assert sent == [{"role": "user", "content": [{"type": "text", "text": "next"}]}]
 
 
 async def test_non_stream_disconnect_interrupts_the_turn(proxy: Proxy, upstream: FakeUpstream) -> None:
