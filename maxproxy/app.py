@@ -1,9 +1,10 @@
 """`create_app(settings)`: the aiohttp application — routes, middlewares, and one cleanup context per resource
-(the CLI probe, the worker pool). Nothing happens at import time.
+(the CLI probe, the worker pool, the conversation store with its sweeps). Nothing happens at import time.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import structlog
@@ -15,8 +16,10 @@ from maxproxy.bus import Bus
 from maxproxy.claude.probe import CliStatus, probe
 from maxproxy.errors import error_middleware
 from maxproxy.pool import Pool
+from maxproxy.sessions import Sessions
 from maxproxy.settings import Settings
-from maxproxy.state import BUS, CLI, POOL, SETTINGS
+from maxproxy.state import BUS, CLI, POOL, SESSIONS, SETTINGS
+from maxproxy.store import Store
 
 log = structlog.get_logger("maxproxy.app")
 
@@ -47,6 +50,20 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
+async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = Store(settings.state_path / "sessions.sqlite3")
+    await store.open()
+    sessions = app[SESSIONS] = Sessions(settings, store, app[POOL])
+    sweeps = asyncio.create_task(sessions.run_sweeps(), name="session-sweeps")
+    try:
+        yield
+    finally:
+        sweeps.cancel()
+        await asyncio.gather(sweeps, return_exceptions=True)
+        await store.close()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.body_limit,
@@ -55,6 +72,6 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[BUS] = Bus()
     app[CLI] = CliStatus(path=settings.cli_path, error="starting")
-    app.cleanup_ctx.extend([_cli_ctx, _pool_ctx])
+    app.cleanup_ctx.extend([_cli_ctx, _pool_ctx, _sessions_ctx])
     app.add_routes(routes)
     return app

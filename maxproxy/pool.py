@@ -50,6 +50,11 @@ class Lease:
     def __init__(self, worker: Worker, ref: TurnRef) -> None:
         self.worker = worker
         self.ref = ref
+        self.kept_for: str | None = None
+
+    def keep(self, conversation: str) -> None:
+        """After this turn, keep the worker (and its conversation) for the conversation's next turn."""
+        self.kept_for = conversation
 
     async def apply(self, options: Options) -> None:
         await self.worker.apply(options)
@@ -61,6 +66,10 @@ class Lease:
 
     async def interrupt(self) -> None:
         await self.worker.interrupt()
+
+
+class ResumeFailed(errors.CLIUnavailable):
+    """A worker could not be started on a recorded CLI session (transcript gone or unreadable)."""
 
 
 class _Waiter:
@@ -77,7 +86,8 @@ class Pool:
         self.bus = bus or Bus()
         self._live: set[Worker] = set()  # processes counted against max_workers: idle, lent, being taken back
         self._idle: dict[Launch, list[Worker]] = {}
-        self._starting: dict[asyncio.Task[errors.ProxyError | None], Launch] = {}
+        self._held: dict[str, Worker] = {}  # idle workers that still hold a conversation, by conversation id
+        self._starting: dict[asyncio.Task[Worker | errors.ProxyError], Launch] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self._returns: set[asyncio.Task[None]] = set()
         self._busy: collections.Counter[str] = collections.Counter()
@@ -102,7 +112,7 @@ class Pool:
 
     @property
     def idle(self) -> int:
-        return sum(len(workers) for workers in self._idle.values())
+        return sum(len(workers) for workers in self._idle.values()) + len(self._held)
 
     @property
     def starting(self) -> int:
@@ -119,6 +129,10 @@ class Pool:
     @property
     def pids(self) -> list[int]:
         return sorted(w.pid for w in self._live)
+
+    def sessions(self) -> list[str]:
+        """The CLI sessions of live workers (their transcripts are in use)."""
+        return [w.session_id for w in self._live if w.session_id]
 
     def _processes(self) -> int:
         # Processes being stopped count too: max_workers bounds what runs, not only what is in use.
@@ -165,24 +179,46 @@ class Pool:
     # --- lending -------------------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def acquire(self, launch: Launch, family: str, *, model: str = "") -> AsyncIterator[Lease]:
+    async def acquire(
+        self,
+        launch: Launch,
+        family: str,
+        *,
+        model: str = "",
+        conversation: str | None = None,
+        resume: str | None = None,
+    ) -> AsyncIterator[Lease]:
+        """A worker for one turn: the one still holding `conversation` if there is one, else one started on the CLI
+        session `resume`, else a clean one."""
         await self._admit(family)
         worker: Worker | None = None
+        lease: Lease | None = None
         try:
-            worker = await self._checkout(launch)
+            worker = self._held.pop(conversation, None) if conversation else None
+            if worker is not None and not worker.alive:
+                self._retire(worker, "exited_idle")
+                worker = None
+            if worker is None and resume is not None:
+                worker = await self._resume(launch, resume)
+            if worker is None:
+                worker = await self._checkout(launch)
             lent = time.monotonic()
             request_id = structlog.contextvars.get_contextvars().get("request_id")
             ref = TurnRef(
                 turn_id=uuid.uuid4().hex[:16], request_id=request_id, model=model or launch.model, worker=worker.name
             )
             worker.tap = lambda event: self.bus.publish(ref, event)
-            yield Lease(worker, ref)
+            lease = Lease(worker, ref)
+            yield lease
         finally:
             if worker is None:
                 self._release(family)
             else:
                 # Taken back by a task the pool owns: a cancelled request cannot cut the clean-up short.
-                task = asyncio.create_task(self._take_back(worker, family, ref, lent), name=f"return-{worker.name}")
+                kept = lease.kept_for if lease is not None else None
+                task = asyncio.create_task(
+                    self._take_back(worker, family, ref, lent, kept), name=f"return-{worker.name}"
+                )
                 self._returns.add(task)
                 task.add_done_callback(self._returns.discard)
 
@@ -261,6 +297,8 @@ class Pool:
                 self._retire(worker, "exited_idle")
             pending = [task for task, key in self._starting.items() if key == launch]
             mine = None
+            if not pending and (reclaimed := await self._reclaim(launch)) is not None:
+                return reclaimed
             if not pending:
                 await self._make_room()
                 if self.backoff_seconds:
@@ -272,14 +310,14 @@ class Pool:
                 mine = self._start(launch)
                 pending = [mine]
             await asyncio.wait(pending)
-            if mine is not None and not mine.cancelled() and (failure := mine.result()) is not None:
+            if mine is not None and not mine.cancelled() and isinstance(failure := mine.result(), errors.ProxyError):
                 raise failure
 
     async def _make_room(self) -> None:
-        """Keep processes within max_workers: stop the least recently used idle worker or a start in progress, and
-        wait for processes being stopped to be gone."""
+        """Keep processes within max_workers: stop the least recently used idle worker (plain or holding a
+        conversation) or a start in progress, and wait for processes being stopped to be gone."""
         while self._processes() >= self.settings.max_workers:
-            idle = [w for workers in self._idle.values() for w in workers]
+            idle = [w for workers in self._idle.values() for w in workers] + list(self._held.values())
             if idle:
                 self._retire(min(idle, key=lambda w: w.idle_since), "room")
             elif self._starting:
@@ -307,6 +345,52 @@ class Pool:
             self._backoff_until = time.monotonic() + delay
             log.error("pool_backoff", failures=self._failures, seconds=delay, error=exc.message)
 
+    def _hold(self, worker: Worker, conversation: str) -> None:
+        worker.tap = None
+        worker.idle_since = time.monotonic()
+        previous = self._held.pop(conversation, None)
+        if previous is not None:
+            self._retire(previous, "superseded")
+        self._held[conversation] = worker
+
+    def forget(self, conversation: str) -> None:
+        """The conversation was deleted: its worker, if one still holds it, goes."""
+        worker = self._held.pop(conversation, None)
+        if worker is not None:
+            self._retire(worker, "forgotten")
+
+    async def _resume(self, launch: Launch, session: str) -> Worker:
+        await self._make_room()
+        task = self._start(launch, resume=session, park=False)
+        try:
+            started = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The request left; the worker, once started, is nobody's: stop it rather than leak it.
+            task.add_done_callback(self._abandon)
+            raise
+        if isinstance(started, Worker):
+            return started
+        raise ResumeFailed(f"Cannot resume CLI session {session}: {started.message}")
+
+    async def _reclaim(self, launch: Launch) -> Worker | None:
+        """Empty the least recently used worker that holds a conversation (a few ms of rewinds, against a start of
+        ~0.3 s). Its conversation continues later from its client's history or, if it was retired, its session."""
+        held = [(c, w) for c, w in self._held.items() if w.launch == launch]
+        while held:
+            conversation, worker = min(held, key=lambda item: item[1].idle_since)
+            held.remove((conversation, worker))
+            if self._held.get(conversation) is not worker:
+                continue
+            del self._held[conversation]
+            if worker.alive and worker.resettable and not await self._reset(worker):
+                return worker
+            self._retire(worker, "reclaim_failed" if worker.alive else "exited_idle")
+        return None
+
+    def _abandon(self, task: asyncio.Task[Worker | errors.ProxyError]) -> None:
+        if not task.cancelled() and isinstance(worker := task.result(), Worker):
+            self._retire(worker, "abandoned")
+
     def _park(self, worker: Worker) -> None:
         worker.tap = None
         worker.idle_since = time.monotonic()
@@ -315,6 +399,9 @@ class Pool:
 
     def _retire(self, worker: Worker, reason: str) -> None:
         self._live.discard(worker)
+        for conversation, held in list(self._held.items()):
+            if held is worker:
+                del self._held[conversation]
         idle = self._idle.get(worker.launch or Launch(model=""), [])
         if worker in idle:
             idle.remove(worker)
@@ -330,12 +417,12 @@ class Pool:
         task.add_done_callback(stopped)
         self._wake.set()
 
-    async def _take_back(self, worker: Worker, family: str, ref: TurnRef, lent: float) -> None:
+    async def _take_back(self, worker: Worker, family: str, ref: TurnRef, lent: float, kept: str | None) -> None:
         outcome, reason = "ok", ""
         try:
             if worker.in_turn:
                 outcome = "interrupted"
-            reason = await self._recover(worker)
+            reason = await self._recover(worker, keep=kept is not None)
         except asyncio.CancelledError:
             reason = "shutdown"
             raise
@@ -352,14 +439,17 @@ class Pool:
             self.bus.publish(ref, TurnEnd(outcome=outcome, seconds=round(elapsed, 3)))
             if reason or self._closed:
                 self._retire(worker, reason or "shutdown")
+            elif kept is not None:
+                self._hold(worker, kept)
             else:
                 self._park(worker)
             previous = self._turn_seconds.get(family, elapsed)
             self._turn_seconds[family] = 0.8 * previous + 0.2 * elapsed
             self._release(family)
 
-    async def _recover(self, worker: Worker) -> str:
-        """Make a worker fit for an unrelated conversation; the reason it is not, or ""."""
+    async def _recover(self, worker: Worker, *, keep: bool = False) -> str:
+        """Make a worker fit for an unrelated conversation (or, with `keep`, for its own next turn); the reason it is
+        not, or ""."""
         if not worker.alive:
             return "crashed"
         if worker.in_turn:
@@ -375,6 +465,11 @@ class Pool:
         limit = self.settings.worker_max_rss_mb * 1024 * 1024
         if limit and worker.rss_bytes() > limit:
             return "rss"
+        if keep:
+            return ""
+        return await self._reset(worker)
+
+    async def _reset(self, worker: Worker) -> str:
         if not worker.resettable:
             return "replayed_history"
         try:
@@ -404,6 +499,11 @@ class Pool:
                     self._retire(worker, "exited_idle")
                 elif len(workers) > keep and now - worker.idle_since > self.settings.idle_timeout:
                     self._retire(worker, "idle")
+        for conversation, worker in list(self._held.items()):
+            # A held conversation left alone is retired, not rewound: its CLI session stays resumable.
+            if not worker.alive or now - worker.idle_since > self.settings.idle_timeout:
+                del self._held[conversation]
+                self._retire(worker, "idle" if worker.alive else "exited_idle")
 
     def _refill(self) -> None:
         if self.draining or self.backoff_seconds:
@@ -414,29 +514,33 @@ class Pool:
                 self._start(launch)
                 have += 1
 
-    def _start(self, launch: Launch) -> asyncio.Task[errors.ProxyError | None]:
-        task = asyncio.create_task(self._start_worker(launch), name=f"start-{launch.model}")
+    def _start(
+        self, launch: Launch, *, resume: str | None = None, park: bool = True
+    ) -> asyncio.Task[Worker | errors.ProxyError]:
+        task = asyncio.create_task(self._start_worker(launch, resume, park), name=f"start-{launch.model}")
         self._starting[task] = launch
         task.add_done_callback(self._started)
         return task
 
-    def _started(self, task: asyncio.Task[errors.ProxyError | None]) -> None:
+    def _started(self, task: asyncio.Task[Worker | errors.ProxyError]) -> None:
         self._starting.pop(task, None)
         self._wake.set()
 
-    async def _start_worker(self, launch: Launch) -> errors.ProxyError | None:
-        """Start a worker and park it idle; the start-up error, if any (for the request that wanted it)."""
+    async def _start_worker(self, launch: Launch, resume: str | None, park: bool) -> Worker | errors.ProxyError:
+        """Start a worker; parked idle unless the caller takes it. The start-up error, if any, is returned (for the
+        request that wanted the worker) rather than raised."""
         try:
-            worker = await Worker.start(self.settings, launch)
+            worker = await Worker.start(self.settings, launch, resume=resume)
         except errors.ProxyError as exc:
-            self._start_failed(exc)
+            if resume is None:  # a session that cannot be resumed says nothing about the CLI's health
+                self._start_failed(exc)
             return exc
         self._adopt(worker)
         if self.draining:
             self._retire(worker, "shutdown")
-        else:
+        elif park:
             self._park(worker)
-        return None
+        return worker
 
     # --- leftovers of a crashed maxproxy -------------------------------------------------------------------------
 

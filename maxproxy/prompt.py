@@ -59,7 +59,8 @@ class Turn:
     family: str  # the model family, for the pool's concurrency limits
 
 
-def build(request: ChatRequest, settings: Settings) -> Turn:
+def build(request: ChatRequest, settings: Settings, *, start: int = 0) -> Turn:
+    """The turn for `request`; with `start`, only messages[start:] (a continuation: the CLI holds the rest)."""
     model = settings.model_table.get(request.model)
     if model is None:
         raise errors.ModelNotFound(
@@ -72,6 +73,8 @@ def build(request: ChatRequest, settings: Settings) -> Turn:
     system: list[str] = []
     steps: list[tuple[str, list[Block]]] = []  # ("user" | "assistant", blocks), merged by side
     for i, message in enumerate(request.messages):
+        if i < start:
+            continue
         where = f"messages[{i}]"
         if isinstance(message, SystemMessage | DeveloperMessage):
             text = _plain_text(message.content, where)

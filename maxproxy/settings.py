@@ -118,6 +118,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     worker_max_turns: Annotated[int, Meta(ge=1)] = 200  # a worker is replaced after this many turns
     worker_max_rss_mb: Count = 1024  # ... or when its memory passes this (0: no limit)
     interrupt_timeout: Seconds = 3.0  # an interrupted turn must end this fast, or its worker is killed
+    # Conversations (sessions): one turn at a time each, kept in SQLite under the state directory.
+    session_busy: Literal["wait", "reject"] = "wait"  # a second request on a busy conversation waits, or gets 409
+    session_wait: Seconds = 60.0  # ... for at most this long, then 409
+    session_ttl_days: Annotated[float, Meta(gt=0)] = 30.0  # unused this long, a conversation and its transcript go
     api_keys: list[str] = []
     cors_origins: list[str] = []  # browser Origins allowed to call the API; empty = none
     models: dict[str, Model] = {}

@@ -11,9 +11,11 @@ from aiohttp import web
 from maxproxy.bus import Bus
 from maxproxy.claude.probe import CliStatus
 from maxproxy.pool import Pool
+from maxproxy.sessions import Sessions
 from maxproxy.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
+SESSIONS = web.AppKey("sessions", Sessions)
 POOL = web.AppKey("pool", Pool)
 CLI = web.AppKey("cli", CliStatus)
 BUS = web.AppKey("bus", Bus)
@@ -29,7 +31,10 @@ class Access:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None  # an error code sent inside an already-started stream
+    session: str | None = None  # the conversation's id
+    continued: bool | None = None  # only the new messages went to the CLI
     disconnected: bool | None = None
 
 
 ACCESS = web.RequestKey("access", Access)
+OWNER = web.RequestKey("owner", str)  # whose conversations a request may see: a digest of its API key

@@ -14,8 +14,9 @@ import structlog
 from aiohttp import web
 
 from maxproxy import errors
+from maxproxy.conversation import owner_of
 from maxproxy.errors import Handler
-from maxproxy.state import ACCESS, SETTINGS, Access
+from maxproxy.state import ACCESS, OWNER, SETTINGS, Access
 
 log = structlog.get_logger("maxproxy.access")
 
@@ -99,6 +100,7 @@ async def origin_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     keys = request.app[SETTINGS].api_keys
+    request[OWNER] = owner_of(None)
     if not keys or request.path in OPEN_PATHS:
         return await handler(request)
     scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
@@ -111,4 +113,5 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise errors.AuthenticationFailed(
             "Missing or invalid API key: send `Authorization: Bearer <key>` with a key from `api_keys`"
         )
+    request[OWNER] = owner_of(supplied.strip())
     return await handler(request)

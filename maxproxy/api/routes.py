@@ -20,8 +20,10 @@ from maxproxy.api.schema import ChatRequest, ModelCard, ModelList, ignored_field
 from maxproxy.api.sse import Stream
 from maxproxy.claude.events import Event, System
 from maxproxy.claude.worker import Watchdog
-from maxproxy.pool import Lease
-from maxproxy.state import ACCESS, CLI, POOL, SETTINGS
+from maxproxy.conversation import identify, split
+from maxproxy.pool import Lease, ResumeFailed
+from maxproxy.sessions import Plan
+from maxproxy.state import ACCESS, CLI, OWNER, POOL, SESSIONS, SETTINGS
 
 log = structlog.get_logger("maxproxy.api")
 routes = web.RouteTableDef()
@@ -95,20 +97,64 @@ def decode(body: bytes) -> ChatRequest:
 
 @routes.post("/v1/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
     access = request[ACCESS]
     chat = decode(await request.read())
     access.model, access.stream = chat.model, chat.stream
-    turn = prompt.build(chat, settings)
-    headers: dict[str, str] = {}
+    prompt.build(chat, request.app[SETTINGS])  # every check on the request, before any conversation is touched
+    sessions = request.app[SESSIONS]
+    identity = identify(chat, request.headers, request[OWNER])
+    parts = split(chat.messages)
+    async with sessions.exclusive(identity, parts):
+        plan = await sessions.plan(identity, chat, parts)
+        access.session = plan.record.public_id
+        access.continued = plan.continuing
+        try:
+            return await _run(request, chat, plan)
+        except ResumeFailed as exc:
+            log.warning("session_resume_failed", session=plan.resume, error=exc.message)
+            plan = await sessions.plan(identity, chat, parts, replay=True)
+            access.continued = False
+            return await _run(request, chat, plan)
+
+
+async def _run(request: web.Request, chat: ChatRequest, plan: Plan) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    headers: dict[str, str] = {"x-session-id": plan.record.public_id}
     if ignored := ignored_fields(chat):
         headers["x-maxproxy-ignored-params"] = ",".join(ignored)
     answer = Answer(request, chat, headers)
-    async with request.app[POOL].acquire(turn.launch, turn.family, model=chat.model) as lease:
+    turn = plan.turn
+    pool = request.app[POOL]
+    conversation_id = plan.record.id if plan.continuing else None
+    async with pool.acquire(
+        turn.launch, turn.family, model=chat.model, conversation=conversation_id, resume=plan.resume
+    ) as lease:
         watchdog = Watchdog(settings.inactivity_timeout, settings.max_turn_seconds)
         if chat.stream:
-            return await answer.stream(lease, turn, watchdog)
-        return await answer.complete(lease, turn, watchdog)
+            response = await answer.stream(lease, turn, watchdog)
+        else:
+            response = await answer.complete(lease, turn, watchdog)
+        if answer.ended_normally(lease):
+            try:
+                await request.app[SESSIONS].commit(plan, lease, answer.assembler.text)
+            except Exception:  # the answer stands; the next turn starts over from the client's history
+                log.exception("session_commit_failed", session=plan.record.public_id)
+        return response
+
+
+@routes.get("/v1/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    sessions = request.app[SESSIONS]
+    records = await sessions.store.owned_by(request[OWNER])
+    return web.json_response({"object": "list", "data": [sessions.describe(r) for r in records]})
+
+
+@routes.delete("/v1/sessions/{id}")
+async def delete_session(request: web.Request) -> web.Response:
+    public_id = request.match_info["id"]
+    if not await request.app[SESSIONS].forget(request[OWNER], public_id):
+        raise errors.NotFound(f"No session {public_id!r}", param="id", code="session_not_found")
+    return web.json_response({"id": public_id, "object": "session", "deleted": True})
 
 
 class Answer:
@@ -137,6 +183,16 @@ class Answer:
         if self.assembler.stop_requested and not self._interrupted:
             self._interrupted = True
             await lease.interrupt()
+
+    def ended_normally(self, lease: Lease) -> bool:
+        """The turn is one the conversation can continue from: answered in full, with no error, nothing cut."""
+        return (
+            self.assembler.failure() is None
+            and self.assembler.finish_reason == "stop"
+            and not self.access.disconnected
+            and not lease.worker.in_turn
+            and not lease.worker.interrupted
+        )
 
     def _finish_access(self) -> None:
         usage = self.assembler.usage()

@@ -33,7 +33,7 @@ class Options(msgspec.Struct, frozen=True):
         return {"env": {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": limit}, "effortLevel": self.effort}
 
 
-def argv(settings: Settings, launch: Launch | None) -> list[str]:
+def argv(settings: Settings, launch: Launch | None, *, resume: str | None = None) -> list[str]:
     args = [
         settings.cli_path,
         "-p",
@@ -43,8 +43,6 @@ def argv(settings: Settings, launch: Launch | None) -> list[str]:
         "stream-json",
         "--verbose",
         "--include-partial-messages",
-        # Proxy conversations are replayed from the client's history; nothing needs the CLI's transcripts yet.
-        "--no-session-persistence",
         # Only MCP servers maxproxy declares; never the user's own, which could expose tools to API clients.
         "--strict-mcp-config",
         "--permission-mode",
@@ -58,6 +56,8 @@ def argv(settings: Settings, launch: Launch | None) -> list[str]:
         args += ["--disallowedTools", ",".join(settings.disallowed_tools)]
     if launch is not None:
         args += ["--model", launch.model]
+    if resume is not None:
+        args += ["--resume", resume]  # a session id maxproxy recorded: a UUID, never client text
     # A system prompt of the "append"/"replace" modes goes in the `initialize` request on stdin, not on argv.
     return args
 

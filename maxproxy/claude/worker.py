@@ -140,6 +140,7 @@ class Worker:
         self.settings = settings
         self.name = f"w{next(_ids)}"
         self.turns = 0
+        self.lines_written = 0  # conversation lines written in the last turn (a continuation writes only the new)
         self.in_turn = False
         self.broken = False  # stdout ended or broke protocol: never reuse
         self.interrupted = False  # maxproxy interrupted the current turn on purpose
@@ -166,15 +167,18 @@ class Worker:
     # --- life cycle ------------------------------------------------------------------------------------------------
 
     @classmethod
-    async def start(cls, settings: Settings, launch: command.Launch | None = None) -> Worker:
-        """Start a process and wait until it answers `initialize` (which also fixes its system prompt, if any)."""
+    async def start(
+        cls, settings: Settings, launch: command.Launch | None = None, *, resume: str | None = None
+    ) -> Worker:
+        """Start a process and wait until it answers `initialize` (which also fixes its system prompt, if any);
+        with `resume`, the process continues that CLI session from its transcript."""
         workspace = settings.workspace_path
         loop = asyncio.get_running_loop()
         try:
             workspace.mkdir(parents=True, exist_ok=True)
             transport, pipes = await loop.subprocess_exec(
                 _Pipes,
-                *command.argv(settings, launch),
+                *command.argv(settings, launch, resume=resume),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -188,6 +192,9 @@ class Worker:
                 "Run `make install`, or set MAXPROXY_CLAUDE_PATH to the `claude` executable."
             ) from None
         worker = cls(transport, pipes, settings, launch)
+        if resume is not None:
+            worker.session_id = resume
+            worker._replayed = True  # its history was not written by this worker: it cannot rewind it
         log.debug("worker_started", worker=worker.name, pid=worker.pid, model=launch.model if launch else None)
         try:
             fields = command.initialize_request(settings, launch)
@@ -454,6 +461,7 @@ class Worker:
         self.interrupted = False
         self.last_result = None
         self.turns += 1
+        self.lines_written = len(lines)
         async with self._watching(watchdog, tick):
             for line in lines:
                 if line.get("type") == "user":

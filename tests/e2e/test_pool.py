@@ -71,7 +71,7 @@ async def test_a_reused_worker_leaks_nothing_of_earlier_conversations(
         await wait_for(lambda: pool_of(proxy).busy == 0)
         pids.update(pool_of(proxy).pids)
     # Single-prompt conversations are rewound to nothing on the same process; a replayed history costs the process.
-    assert pool_of(proxy).counts["retired:replayed_history"] == 1
+    assert pool_of(proxy).counts["retired:reclaim_failed"] == 1
     assert len(pids) == 2
     calls = upstream.messages_requests
     assert len(calls) == 4

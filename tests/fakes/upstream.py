@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: JSON
+    at: float = field(default_factory=time.monotonic)  # when the request arrived
 
     @property
     def messages(self) -> list[JSON]:

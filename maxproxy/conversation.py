@@ -1,0 +1,108 @@
+"""Conversation identity: which conversation a chat request belongs to, and which of its messages are new.
+
+A client may name its conversation (`X-Session-Id`, `metadata.conversation_id`, `prompt_cache_key`, `user`, in that
+order); otherwise the conversation is recognised by its history. Every message is canonicalised (string content and
+a single text part are the same; extra keys such as `name` or `reasoning_content` do not count; images count by the
+hash of their data) and hashed into a chain, so that "the same history plus new messages" has, up to its last
+assistant message, the same hash as the conversation's head after its previous turn. Identities are always scoped to
+the caller (its API key), so two bots with identical histories never share a conversation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import msgspec
+
+from maxproxy.api.schema import (
+    AssistantMessage,
+    ChatRequest,
+    Content,
+    DeveloperMessage,
+    ImagePart,
+    Message,
+    SystemMessage,
+    ToolMessage,
+    UserMessage,
+)
+
+_encoder = msgspec.json.Encoder()
+Part = tuple[str, ...]
+
+
+class Identity(msgspec.Struct, frozen=True):
+    owner: str  # who asks: derived from the API key; conversations of different owners never meet
+    name: str | None  # the client's own id for the conversation, if it gave one
+
+
+def owner_of(bearer: str | None) -> str:
+    """The owner of a request: a digest of its API key (the key itself is never stored)."""
+    if not bearer:
+        return "local"
+    return "key:" + hashlib.sha256(bearer.encode()).hexdigest()[:16]
+
+
+def identify(request: ChatRequest, headers: Mapping[str, str], owner: str) -> Identity:
+    metadata = request.metadata or {}
+    candidates = (
+        headers.get("X-Session-Id"),
+        metadata.get("conversation_id") if isinstance(metadata.get("conversation_id"), str) else None,
+        request.prompt_cache_key,
+        request.user,
+    )
+    name = next((c.strip() for c in candidates if c and c.strip()), None)
+    return Identity(owner=owner, name=name[:200] if name else None)
+
+
+def _content(content: Content | None) -> list[Part]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [("text", content)] if content else []
+    parts: list[Part] = []
+    for part in content:
+        if isinstance(part, ImagePart):
+            url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+            parts.append(("image", hashlib.sha256(url.encode()).hexdigest()))
+        elif part.text:
+            parts.append(("text", part.text))
+    return parts
+
+
+def canonical(message: Message) -> bytes:
+    if isinstance(message, SystemMessage | DeveloperMessage):
+        return _encoder.encode(("system", _content(message.content)))
+    if isinstance(message, UserMessage):
+        return _encoder.encode(("user", _content(message.content)))
+    if isinstance(message, ToolMessage):
+        return _encoder.encode(("tool", message.tool_call_id, _content(message.content)))
+    assert isinstance(message, AssistantMessage)
+    calls = [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or []]
+    return _encoder.encode(("assistant", _content(message.content), calls))
+
+
+def assistant_text(text: str) -> bytes:
+    """The canonical form of an answer as the client will send it back."""
+    return canonical(AssistantMessage(content=text))
+
+
+def chain(canonicals: Sequence[bytes], start: bytes = b"") -> bytes:
+    digest = start
+    for item in canonicals:
+        digest = hashlib.sha256(digest + item).digest()
+    return digest
+
+
+class Split(msgspec.Struct, frozen=True):
+    """A request seen as a conversation: its known part (up to the last assistant message) and its new part."""
+
+    known: int  # messages[:known] are the history a continuation must already hold
+    head: bytes  # the hash of that history ("" hash when there is none)
+    canonicals: list[bytes]
+
+
+def split(messages: Sequence[Message]) -> Split:
+    canonicals = [canonical(m) for m in messages]
+    known = max((i + 1 for i, m in enumerate(messages) if isinstance(m, AssistantMessage)), default=0)
+    return Split(known=known, head=chain(canonicals[:known]), canonicals=canonicals)

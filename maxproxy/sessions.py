@@ -1,0 +1,201 @@
+"""Sessions: conversations that last across requests, restarts and `kill -9`.
+
+For each chat request: which conversation it is (`conversation.identify`), one turn at a time per conversation (a
+second request waits up to `session_wait`, or gets 409 with `session_busy = "reject"`), and how its turn runs. A
+request whose history, up to its last assistant message, is exactly the conversation's history after its previous
+turn *continues* it: only the new messages go to the CLI — on the worker that still holds the conversation, or on a
+worker started on its recorded CLI session (`--resume`). Anything else (a first turn, an edit, a regenerate, a deleted
+turn, a changed system prompt) starts the conversation over from the history the client sent, so the wrong branch is
+never continued; so does a resume that fails. After a turn that ended normally, the conversation's new history hash
+and CLI session are recorded in the store; the worker stays with the conversation. Expired conversations are deleted
+with their transcripts; transcripts no conversation owns are deleted too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from maxproxy import errors, prompt
+from maxproxy.api.schema import ChatRequest, DeveloperMessage, SystemMessage
+from maxproxy.claude.command import Launch
+from maxproxy.conversation import Identity, Split, assistant_text, chain
+from maxproxy.pool import Lease, Pool
+from maxproxy.settings import Settings
+from maxproxy.store import Conversation, Store, new_conversation
+
+log = structlog.get_logger("maxproxy.sessions")
+SWEEP_EVERY = 3600.0
+ORPHAN_AGE = 3600.0  # a transcript nobody owns is kept this long (a worker may still be writing it)
+
+
+class Busy(errors.ProxyError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conversation_busy"
+
+
+@dataclass
+class Plan:
+    record: Conversation
+    turn: prompt.Turn
+    split: Split
+    continuing: bool  # only the new messages go to the CLI
+    resume: str | None  # the CLI session to resume when no worker holds the conversation
+
+
+def launch_key(launch: Launch) -> str:
+    system = hashlib.sha256((launch.system_prompt or "").encode()).hexdigest()[:16] if launch.system_prompt else ""
+    return f"{launch.model}|{system}"
+
+
+class Sessions:
+    def __init__(self, settings: Settings, store: Store, pool: Pool) -> None:
+        self.settings = settings
+        self.store = store
+        self.pool = pool
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    # --- one turn at a time ----------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, identity: Identity, parts: Split) -> AsyncIterator[None]:
+        """One turn at a time per conversation (named, or recognised by its history). A first turn of an unnamed
+        conversation has nothing to share, so it waits for nobody."""
+        if identity.name is None and parts.known == 0:
+            yield
+            return
+        key = f"{identity.owner}:{identity.name}" if identity.name else f"{identity.owner}#{parts.head.hex()}"
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            if lock.locked() and self.settings.session_busy == "reject":
+                raise Busy("This conversation already has a turn running", retry_after=1)
+            try:
+                async with asyncio.timeout(self.settings.session_wait):
+                    await lock.acquire()
+            except TimeoutError:
+                raise Busy(
+                    f"This conversation's previous turn still ran after {self.settings.session_wait:g}s",
+                    retry_after=5,
+                ) from None
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key]
+                del self._locks[key]
+
+    # --- planning and recording ------------------------------------------------------------------------------------
+
+    async def plan(self, identity: Identity, chat: ChatRequest, parts: Split, *, replay: bool = False) -> Plan:
+        """How this request's turn runs; `replay` starts it over from the client's history (a resume failed)."""
+        full = prompt.build(chat, self.settings)
+        key = launch_key(full.launch)
+        found = await self.store.find(identity.owner, identity.name, parts.head)
+        new_part = chat.messages[parts.known :]
+        continuing = (
+            not replay
+            and found is not None
+            and parts.known > 0
+            and found.turns > 0
+            and found.head == parts.head
+            and found.launch == key
+            and not any(isinstance(m, SystemMessage | DeveloperMessage) for m in new_part)
+        )
+        if found is not None and continuing:
+            turn = prompt.build(chat, self.settings, start=parts.known)
+            resume = found.session_id if found.resumable else None
+            return Plan(record=found, turn=turn, split=parts, continuing=True, resume=resume)
+        record = found if found is not None and identity.name is not None else None
+        if record is None:
+            record = new_conversation(identity.owner, identity.name, chat.model, key)
+        else:  # the client's own id, with a history that does not continue it: start it over
+            record.launch, record.model, record.turns, record.resumable = key, chat.model, 0, False
+        return Plan(record=record, turn=full, split=parts, continuing=False, resume=None)
+
+    async def commit(self, plan: Plan, lease: Lease, answer: str) -> None:
+        """The turn ended normally: record the conversation's new history and keep its worker for the next turn."""
+        record = plan.record
+        record.head = chain([assistant_text(answer)], chain(plan.split.canonicals))
+        record.session_id = lease.worker.session_id
+        record.resumable = record.session_id is not None
+        record.turns += 1
+        record.last_used = time.time()
+        await self.store.save(record)
+        if record.session_id is not None:
+            await self.store.disown(record.session_id, keep=record.id)
+        lease.keep(record.id)
+
+    async def forget(self, owner: str, public_id: str) -> bool:
+        record = await self.store.get(owner, public_id)
+        if record is None:
+            return False
+        self.pool.forget(record.id)
+        await self.store.delete(record.id)
+        if record.resumable and record.session_id:
+            self._remove_transcript(record.session_id)
+        return True
+
+    # --- upkeep --------------------------------------------------------------------------------------------------
+
+    @property
+    def transcripts(self) -> Path:
+        """Where the CLI files the transcripts of sessions run in maxproxy's workspace."""
+        base = os.environ.get("CLAUDE_CONFIG_DIR") or str(Path.home() / ".claude")
+        slug = "".join(c if c.isalnum() else "-" for c in str(self.settings.workspace_path))
+        return Path(base) / "projects" / slug
+
+    def _remove_transcript(self, session_id: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.transcripts / f"{session_id}.jsonl").unlink()
+
+    async def sweep(self) -> None:
+        """Delete expired conversations with their transcripts, and transcripts that no conversation owns."""
+        cutoff = time.time() - self.settings.session_ttl_days * 86400
+        for record in await self.store.expired(cutoff):
+            self.pool.forget(record.id)
+            await self.store.delete(record.id)
+            if record.resumable and record.session_id:
+                self._remove_transcript(record.session_id)
+            log.info("conversation_expired", conversation=record.id, turns=record.turns)
+        in_use = set(self.pool.sessions())
+        now = time.time()
+        for path in await asyncio.to_thread(lambda: list(self.transcripts.glob("*.jsonl"))):
+            session = path.stem
+            if session in in_use or await self.store.owns(session):
+                continue
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime > ORPHAN_AGE:
+                    path.unlink()
+
+    async def run_sweeps(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # a failed sweep is retried at the next one; it must not end the loop
+                log.exception("session_sweep_failed")
+            await asyncio.sleep(SWEEP_EVERY)
+
+    def describe(self, record: Conversation) -> dict[str, Any]:
+        return {
+            "id": record.public_id,
+            "object": "session",
+            "model": record.model,
+            "created": int(record.created),
+            "last_used": int(record.last_used),
+            "turns": record.turns,
+        }

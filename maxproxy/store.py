@@ -1,0 +1,166 @@
+"""The conversation store: embedded SQLite (WAL) in the state directory, so that conversations outlive a restart or a
+`kill -9` of maxproxy. A row maps a conversation (owner, the client's name for it or none, the hash of its history
+after the last turn) to the CLI session that holds it, whether that session can still be resumed, its model and its
+use. Queries are small and indexed; they run on a worker thread so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    name TEXT,
+    head BLOB NOT NULL,
+    session_id TEXT,
+    resumable INTEGER NOT NULL DEFAULT 0,
+    model TEXT NOT NULL,
+    launch TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL NOT NULL,
+    turns INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS conversations_by_name ON conversations(owner, name) WHERE name IS NOT NULL;
+CREATE INDEX IF NOT EXISTS conversations_by_head ON conversations(owner, head) WHERE name IS NULL;
+CREATE INDEX IF NOT EXISTS conversations_by_use ON conversations(last_used);
+"""
+
+
+class Conversation(msgspec.Struct):
+    id: str
+    owner: str
+    name: str | None
+    head: bytes
+    session_id: str | None
+    resumable: bool
+    model: str
+    launch: str  # the spawn key (model, system prompt digest) the session was started with
+    created: float
+    last_used: float
+    turns: int
+
+    @property
+    def public_id(self) -> str:
+        return self.name or self.id
+
+
+_COLUMNS = "id, owner, name, head, session_id, resumable, model, launch, created, last_used, turns"
+_SELECT = (
+    "SELECT id, owner, name, head, session_id, resumable, model, launch, created, last_used, turns FROM conversations"
+)
+_INSERT = (
+    "INSERT OR REPLACE INTO conversations (id, owner, name, head, session_id, resumable, model, launch, created, "
+    "last_used, turns) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _row(row: tuple[object, ...]) -> Conversation:
+    return msgspec.convert(dict(zip(_COLUMNS.split(", "), row, strict=True)), Conversation, strict=False)
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()  # one statement at a time on the one connection
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            return db
+
+        self._db = await asyncio.to_thread(connect)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.to_thread(db.close)
+
+    async def _run(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        db = self._db
+        assert db is not None, "store not open"
+        async with self._lock:
+            return await asyncio.to_thread(lambda: db.execute(sql, args).fetchall())
+
+    async def find(self, owner: str, name: str | None, head: bytes) -> Conversation | None:
+        if name is not None:
+            rows = await self._run(_SELECT + " WHERE owner=? AND name=?", (owner, name))
+        else:
+            rows = await self._run(
+                _SELECT + " WHERE owner=? AND name IS NULL AND head=? ORDER BY last_used DESC LIMIT 1",
+                (owner, head),
+            )
+        return _row(rows[0]) if rows else None
+
+    async def get(self, owner: str, public_id: str) -> Conversation | None:
+        rows = await self._run(
+            _SELECT + " WHERE owner=? AND (name=? OR (name IS NULL AND id=?))",
+            (owner, public_id, public_id),
+        )
+        return _row(rows[0]) if rows else None
+
+    async def save(self, conversation: Conversation) -> None:
+        await self._run(
+            _INSERT,
+            (
+                conversation.id,
+                conversation.owner,
+                conversation.name,
+                conversation.head,
+                conversation.session_id,
+                int(conversation.resumable),
+                conversation.model,
+                conversation.launch,
+                conversation.created,
+                conversation.last_used,
+                conversation.turns,
+            ),
+        )
+
+    async def disown(self, session_id: str, keep: str | None = None) -> None:
+        """A session now holds another conversation: the others can no longer be resumed from it."""
+        await self._run("UPDATE conversations SET resumable=0 WHERE session_id=? AND id IS NOT ?", (session_id, keep))
+
+    async def owns(self, session_id: str) -> bool:
+        rows = await self._run("SELECT 1 FROM conversations WHERE session_id=? AND resumable=1 LIMIT 1", (session_id,))
+        return bool(rows)
+
+    async def owned_by(self, owner: str) -> list[Conversation]:
+        rows = await self._run(_SELECT + " WHERE owner=? ORDER BY last_used DESC", (owner,))
+        return [_row(r) for r in rows]
+
+    async def delete(self, conversation_id: str) -> None:
+        await self._run("DELETE FROM conversations WHERE id=?", (conversation_id,))
+
+    async def expired(self, before: float) -> list[Conversation]:
+        rows = await self._run(_SELECT + " WHERE last_used < ?", (before,))
+        return [_row(r) for r in rows]
+
+
+def new_conversation(owner: str, name: str | None, model: str, launch: str) -> Conversation:
+    now = time.time()
+    return Conversation(
+        id="conv_" + uuid.uuid4().hex[:24],
+        owner=owner,
+        name=name,
+        head=b"",
+        session_id=None,
+        resumable=False,
+        model=model,
+        launch=launch,
+        created=now,
+        last_used=now,
+        turns=0,
+    )

@@ -1,0 +1,217 @@
+"""Conversations that last: continuation on the worker that holds the conversation, resume after a restart or a
+`kill -9`, edits that never continue the wrong branch, one turn at a time, and owners kept apart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from maxproxy.pool import Pool
+from maxproxy.state import POOL, SESSIONS
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.conftest import Proxy, ProxyFactory, wait_for
+from tests.daemon import daemon
+from tests.e2e import CHAT
+from tests.fakes.upstream import FakeUpstream, Reply
+
+
+def pool_of(proxy: Proxy) -> Pool:
+    return proxy.app[POOL]
+
+
+def texts(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(role, text) of each message the upstream received, system-role entries left out."""
+    out = []
+    for m in messages:
+        if m["role"] == "system":
+            continue
+        content = m["content"]
+        text = content if isinstance(content, str) else "".join(b.get("text", "") for b in content)
+        out.append((m["role"], text))
+    return out
+
+
+async def chat(proxy: Proxy, history: list[ChatCompletionMessageParam], **kw: Any) -> str:
+    answer = await proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=history, **kw)
+    text = answer.choices[0].message.content or ""
+    history.append({"role": "assistant", "content": text})
+    await wait_for(lambda: pool_of(proxy).busy == 0)
+    return text
+
+
+async def test_turn_three_continues_on_the_held_worker(proxy: Proxy, upstream: FakeUpstream) -> None:
+    upstream.push(Reply.text("Noted, Alice."), Reply.text("Tea it is."), Reply.text("You are Alice."))
+    history: list[ChatCompletionMessageParam] = [{"role": "user", "content": "My name is Alice"}]
+    await chat(proxy, history)
+    history.append({"role": "user", "content": "I like tea"})
+    await chat(proxy, history)
+    [held] = pool_of(proxy)._held.values()
+    history.append({"role": "user", "content": "What is my name?"})
+    await chat(proxy, history)
+    assert held.lines_written == 1  # only turn 3's new user message went to the CLI
+    assert texts(upstream.messages_requests[-1].messages) == [
+        ("user", "My name is Alice"),
+        ("assistant", "Noted, Alice."),
+        ("user", "I like tea"),
+        ("assistant", "Tea it is."),
+        ("user", "What is my name?"),
+    ]
+    assert list(pool_of(proxy)._held.values()) == [held]
+
+
+async def test_an_edited_turn_never_continues_the_old_branch(proxy: Proxy, upstream: FakeUpstream) -> None:
+    history: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about cats"}]
+    await chat(proxy, history)
+    history.append({"role": "user", "content": "ORIGINAL follow-up"})
+    await chat(proxy, history)
+    history[-2:] = [{"role": "user", "content": "EDITED follow-up"}]  # the client edits turn 2 and resends
+    await chat(proxy, history)
+    seen = texts(upstream.messages_requests[-1].messages)
+    assert ("user", "EDITED follow-up") in seen
+    assert all("ORIGINAL" not in text for _, text in seen)
+
+
+async def test_a_named_conversation_runs_one_turn_at_a_time(
+    cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    proxy = await start_proxy(session_busy="reject")
+    upstream.default = Reply.text("slow " * 20, pieces=20, delay=0.05)
+    body = {"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"X-Session-Id": "chat-42"}
+    first = asyncio.create_task(proxy.http.post(proxy.url + CHAT, json=body, headers=headers))
+    await wait_for(lambda: bool(upstream.messages_requests))
+    async with proxy.http.post(proxy.url + CHAT, json=body, headers=headers) as second:
+        assert second.status == 409
+        assert (await second.json())["error"]["code"] == "conversation_busy"
+    response = await first
+    assert response.status == 200
+    response.close()
+
+
+async def test_concurrent_turns_of_one_conversation_are_serialised(proxy: Proxy, upstream: FakeUpstream) -> None:
+    upstream.default = Reply.text("slow " * 10, pieces=10, delay=0.05)
+    body = {"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "hi"}]}
+    finished: list[float] = []
+
+    async def one() -> int:
+        async with proxy.http.post(proxy.url + CHAT, json=body, headers={"X-Session-Id": "chat-7"}) as response:
+            await response.read()
+            finished.append(time.monotonic())
+            return response.status
+
+    assert list(await asyncio.gather(one(), one(), one())) == [200, 200, 200]
+    arrived = sorted(r.at for r in upstream.messages_requests)
+    finished.sort()
+    # Each turn reached the upstream only after the previous one had been answered: never interleaved.
+    assert arrived[1] > finished[0] - 0.05
+    assert arrived[2] > finished[1] - 0.05
+
+
+async def test_two_keys_with_identical_histories_are_two_conversations(
+    cli_env: Path, start_proxy: ProxyFactory
+) -> None:
+    proxy = await start_proxy(api_keys=["key-a", "key-b"])
+    ids = {}
+    for key in ("key-a", "key-b"):
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "same words"}]}
+        async with proxy.http.post(proxy.url + CHAT, json=body, headers=headers) as response:
+            ids[key] = response.headers["x-session-id"]
+        async with proxy.http.get(proxy.url + "/v1/sessions", headers=headers) as response:
+            listed = [s["id"] for s in (await response.json())["data"]]
+        assert listed == [ids[key]]  # each key sees its own, and only its own
+    assert ids["key-a"] != ids["key-b"]
+    async with proxy.http.delete(
+        proxy.url + f"/v1/sessions/{ids['key-a']}", headers={"Authorization": "Bearer key-b"}
+    ) as response:
+        assert response.status == 404  # another key's conversation does not exist for this one
+    async with proxy.http.delete(
+        proxy.url + f"/v1/sessions/{ids['key-a']}", headers={"Authorization": "Bearer key-a"}
+    ) as response:
+        assert (await response.json())["deleted"] is True
+
+
+async def test_restart_resumes_the_conversation_from_its_session(
+    cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    first = await start_proxy()
+    history: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Remember 7"}]
+    upstream.push(Reply.text("Remembered."), Reply.text("Still 7."), Reply.text("It was 7."))
+    await chat(first, history)
+    history.append({"role": "user", "content": "And now?"})
+    await chat(first, history)
+    await first.server.close()  # maxproxy stops; its workers with it
+    second = await start_proxy()
+    history.append({"role": "user", "content": "What number?"})
+    async with second.http.post(second.url + CHAT, json={"model": "claude-sonnet-4", "messages": history}) as r:
+        assert r.status == 200
+    [worker] = list(pool_of(second)._held.values())
+    assert worker.lines_written == 1  # resumed from the CLI session: only the new message was written
+    assert texts(upstream.messages_requests[-1].messages)[:4] == [
+        ("user", "Remember 7"),
+        ("assistant", "Remembered."),
+        ("user", "And now?"),
+        ("assistant", "Still 7."),
+    ]
+
+
+async def test_a_lost_transcript_falls_back_to_the_clients_history(
+    cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    first = await start_proxy()
+    history: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Remember 9"}]
+    await chat(first, history)
+    transcripts = first.app[SESSIONS].transcripts
+    await first.server.close()
+    for path in transcripts.glob("*.jsonl"):
+        path.unlink()  # the CLI's transcript is gone
+    second = await start_proxy()
+    history.append({"role": "user", "content": "What number?"})
+    answer = await second.openai.chat.completions.create(model="claude-sonnet-4", messages=history)
+    assert answer.choices[0].message.content
+    assert ("user", "Remember 9") in texts(upstream.messages_requests[-1].messages)
+
+
+async def test_kill_9_between_turns_loses_nothing(cli_env: Path, upstream: FakeUpstream, tmp_path: Path) -> None:
+    env = {**os.environ, "MAXPROXY_STATE_DIR": str(tmp_path / "state"), "MAXPROXY_LOG_FORMAT": "json"}
+    history: list[dict[str, str]] = [{"role": "user", "content": "Remember 11"}]
+    async with aiohttp.ClientSession() as http:
+        async with daemon(env) as (proc, url, _):
+            for follow_up in ("And now?", None):
+                async with http.post(url + CHAT, json={"model": "claude-sonnet-4", "messages": history}) as r:
+                    answer = (await r.json())["choices"][0]["message"]["content"]
+                history.append({"role": "assistant", "content": answer})
+                if follow_up:
+                    history.append({"role": "user", "content": follow_up})
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        history.append({"role": "user", "content": "What number?"})
+        async with daemon(env) as (proc, url, records):
+            async with http.post(url + CHAT, json={"model": "claude-sonnet-4", "messages": history}) as r:
+                assert r.status == 200
+            await wait_for(lambda: any(x.get("event") == "request" and x.get("path") == CHAT for x in records))
+    [access] = [x for x in records if x.get("event") == "request" and x.get("path") == CHAT]
+    assert access["continued"] is True  # resumed: the CLI held turns 1-2 already
+    seen = texts(upstream.messages_requests[-1].messages)
+    assert seen[:2] == [("user", "Remember 11"), ("assistant", "Hello from fake upstream!")]
+
+
+async def test_expiry_removes_rows_and_transcripts(cli_env: Path, start_proxy: ProxyFactory) -> None:
+    proxy = await start_proxy(session_ttl_days=0.000001)  # ~0.09 s
+    history: list[ChatCompletionMessageParam] = [{"role": "user", "content": "short-lived"}]
+    await chat(proxy, history)
+    sessions = proxy.app[SESSIONS]
+    [record] = await sessions.store.owned_by("local")
+    assert record.session_id
+    transcript = sessions.transcripts / f"{record.session_id}.jsonl"
+    assert transcript.exists()
+    await asyncio.sleep(0.2)
+    await sessions.sweep()
+    assert await sessions.store.owned_by("local") == []
+    assert not transcript.exists()
