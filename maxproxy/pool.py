@@ -200,6 +200,9 @@ class Pool:
                 worker = None
             if worker is None and resume is not None:
                 worker = await self._resume(launch, resume)
+            elif worker is None and conversation is not None:
+                # Nothing holds the conversation any more (reclaimed or retired meanwhile): the caller replays it.
+                raise ResumeFailed("No worker holds the conversation any more")
             if worker is None:
                 worker = await self._checkout(launch)
             lent = time.monotonic()
@@ -352,6 +355,9 @@ class Pool:
         if previous is not None:
             self._retire(previous, "superseded")
         self._held[conversation] = worker
+
+    def holds(self, conversation: str) -> bool:
+        return conversation in self._held
 
     def forget(self, conversation: str) -> None:
         """The conversation was deleted: its worker, if one still holds it, goes."""

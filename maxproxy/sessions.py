@@ -114,6 +114,7 @@ class Sessions:
             and found.turns > 0
             and found.head == parts.head
             and found.launch == key
+            and (self.pool.holds(found.id) or found.resumable)  # something still has the conversation's context
             and not any(isinstance(m, SystemMessage | DeveloperMessage) for m in new_part)
         )
         if found is not None and continuing:
@@ -126,6 +127,25 @@ class Sessions:
         else:  # the client's own id, with a history that does not continue it: start it over
             record.launch, record.model, record.turns, record.resumable = key, chat.model, 0, False
         return Plan(record=record, turn=full, split=parts, continuing=False, resume=None)
+
+    async def claim(self, plan: Plan, lease: Lease) -> None:
+        """The worker's CLI session now belongs to this conversation: one it held before can no longer resume it
+        (a reclaimed worker was rewound; its session's transcript goes on with this conversation)."""
+        session = lease.worker.session_id
+        if session is not None and session != plan.record.session_id:
+            await self.store.disown(session, keep=plan.record.id)
+
+    async def settle(self, plan: Plan, lease: Lease, answer: str | None) -> None:
+        """After the turn: record it if it ended normally (`answer`); otherwise the CLI session holds a prompt the
+        conversation does not, so the conversation must not be resumed from it."""
+        try:
+            if answer is not None:
+                await self.commit(plan, lease, answer)
+            elif plan.continuing and plan.record.resumable:
+                plan.record.resumable = False
+                await self.store.save(plan.record)
+        except Exception:  # the answer stands; the next turn starts over from the client's history
+            log.exception("session_record_failed", session=plan.record.public_id)
 
     async def commit(self, plan: Plan, lease: Lease, answer: str) -> None:
         """The turn ended normally: record the conversation's new history and keep its worker for the next turn."""

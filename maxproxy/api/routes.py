@@ -8,6 +8,7 @@ a final `data: {"error": ...}` event before `[DONE]`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 
@@ -129,16 +130,18 @@ async def _run(request: web.Request, chat: ChatRequest, plan: Plan) -> web.Strea
     async with pool.acquire(
         turn.launch, turn.family, model=chat.model, conversation=conversation_id, resume=plan.resume
     ) as lease:
+        sessions = request.app[SESSIONS]
+        await sessions.claim(plan, lease)
         watchdog = Watchdog(settings.inactivity_timeout, settings.max_turn_seconds)
-        if chat.stream:
-            response = await answer.stream(lease, turn, watchdog)
-        else:
-            response = await answer.complete(lease, turn, watchdog)
-        if answer.ended_normally(lease):
-            try:
-                await request.app[SESSIONS].commit(plan, lease, answer.assembler.text)
-            except Exception:  # the answer stands; the next turn starts over from the client's history
-                log.exception("session_commit_failed", session=plan.record.public_id)
+        ended = False
+        try:
+            if chat.stream:
+                response = await answer.stream(lease, turn, watchdog)
+            else:
+                response = await answer.complete(lease, turn, watchdog)
+            ended = answer.ended_normally(lease)
+        finally:
+            await asyncio.shield(sessions.settle(plan, lease, answer.assembler.text if ended else None))
         return response
 
 

@@ -215,3 +215,25 @@ async def test_expiry_removes_rows_and_transcripts(cli_env: Path, start_proxy: P
     await sessions.sweep()
     assert await sessions.store.owned_by("local") == []
     assert not transcript.exists()
+
+
+async def test_a_failed_turn_is_not_resumed_twice(
+    cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    first = await start_proxy()
+    history: list[ChatCompletionMessageParam] = [{"role": "user", "content": "one"}]
+    upstream.push(Reply.text("first answer"), Reply.error(500))
+    await chat(first, history)
+    history.append({"role": "user", "content": "two"})
+    async with first.http.post(first.url + CHAT, json={"model": "claude-sonnet-4", "messages": history}) as r:
+        assert r.status == 502  # the continuation failed upstream
+    await wait_for(lambda: pool_of(first).busy == 0)
+    await first.server.close()
+    second = await start_proxy()  # no worker holds the conversation: it must not resume the failed prompt
+    answer = await second.openai.chat.completions.create(model="claude-sonnet-4", messages=history)
+    assert answer.choices[0].message.content
+    assert texts(upstream.messages_requests[-1].messages) == [
+        ("user", "one"),
+        ("assistant", "first answer"),
+        ("user", "two"),
+    ]
