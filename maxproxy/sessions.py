@@ -65,6 +65,8 @@ class Sessions:
         self.pool = pool
         self._locks: dict[str, asyncio.Lock] = {}
         self._users: dict[str, int] = {}
+        self._running: set[str] = set()  # conversations with a turn under way
+        self._deleted: set[str] = set()  # deleted while a turn of theirs ran: that turn must not record them again
 
     # --- one turn at a time ----------------------------------------------------------------------------------------
 
@@ -131,6 +133,7 @@ class Sessions:
     async def claim(self, plan: Plan, lease: Lease) -> None:
         """The worker's CLI session now belongs to this conversation: one it held before can no longer resume it
         (a reclaimed worker was rewound; its session's transcript goes on with this conversation)."""
+        self._running.add(plan.record.id)
         session = lease.worker.session_id
         if session is not None and session != plan.record.session_id:
             await self.store.disown(session, keep=plan.record.id)
@@ -141,15 +144,20 @@ class Sessions:
         try:
             if answer is not None:
                 await self.commit(plan, lease, answer)
-            elif plan.continuing and plan.record.resumable:
+            elif plan.continuing and plan.record.resumable and plan.record.id not in self._deleted:
                 plan.record.resumable = False
                 await self.store.save(plan.record)
         except Exception:  # the answer stands; the next turn starts over from the client's history
             log.exception("session_record_failed", session=plan.record.public_id)
+        finally:
+            self._running.discard(plan.record.id)
+            self._deleted.discard(plan.record.id)
 
     async def commit(self, plan: Plan, lease: Lease, answer: str) -> None:
         """The turn ended normally: record the conversation's new history and keep its worker for the next turn."""
         record = plan.record
+        if record.id in self._deleted:
+            return
         record.head = chain([assistant_text(answer)], chain(plan.split.canonicals))
         record.session_id = lease.worker.session_id
         record.resumable = record.session_id is not None
@@ -166,6 +174,8 @@ class Sessions:
             return False
         self.pool.forget(record.id)
         await self.store.delete(record.id)
+        if record.id in self._running:
+            self._deleted.add(record.id)
         if record.resumable and record.session_id:
             self._remove_transcript(record.session_id)
         return True

@@ -237,3 +237,26 @@ async def test_a_failed_turn_is_not_resumed_twice(
         ("assistant", "first answer"),
         ("user", "two"),
     ]
+
+
+async def test_a_session_deleted_during_its_turn_stays_deleted(proxy: Proxy, upstream: FakeUpstream) -> None:
+    headers = {"X-Session-Id": "doomed"}
+    history: list[dict[str, str]] = [{"role": "user", "content": "hi"}]
+    async with proxy.http.post(
+        proxy.url + CHAT, json={"model": "claude-sonnet-4", "messages": history}, headers=headers
+    ) as response:
+        history += [
+            {"role": "assistant", "content": (await response.json())["choices"][0]["message"]["content"]},
+            {"role": "user", "content": "and then?"},
+        ]
+    await wait_for(lambda: pool_of(proxy).busy == 0)
+    upstream.push(Reply.text("slow " * 10, pieces=10, delay=0.05))
+    body = {"model": "claude-sonnet-4", "messages": history}
+    turn = asyncio.create_task(proxy.http.post(proxy.url + CHAT, json=body, headers=headers))
+    await wait_for(lambda: len(upstream.messages_requests) == 2)
+    async with proxy.http.delete(proxy.url + "/v1/sessions/doomed") as response:
+        assert response.status == 200
+    (await turn).close()
+    await wait_for(lambda: pool_of(proxy).busy == 0)
+    async with proxy.http.get(proxy.url + "/v1/sessions") as response:
+        assert (await response.json())["data"] == []
