@@ -105,14 +105,19 @@ async def test_crash_mid_stream_is_an_error_event(tmp_path: Path, start_proxy: P
     assert stream.data[-1] == "[DONE]"
 
 
-async def test_a_cli_that_ignores_interrupts_and_sigterm_is_killed(tmp_path: Path, start_proxy: ProxyFactory) -> None:
-    proxy = await start_proxy(
-        claude_path=fake_cli(tmp_path, "ignore_sigterm"),
+async def stubborn(tmp_path: Path, start_proxy: ProxyFactory, mode: str) -> Proxy:
+    """maxproxy on a fake CLI whose turns never end by themselves, with short limits and stop steps."""
+    return await start_proxy(
+        claude_path=fake_cli(tmp_path, mode),
         max_turn_seconds=1.0,
         stop_step_timeout=0.5,
         interrupt_timeout=0.5,
         min_idle=0,
     )
+
+
+async def test_a_cli_that_ignores_interrupts_and_sigterm_is_killed(tmp_path: Path, start_proxy: ProxyFactory) -> None:
+    proxy = await stubborn(tmp_path, start_proxy, "ignore_sigterm")
     request = asyncio.create_task(proxy.http.post(proxy.url + CHAT, json=BODY))
     await wait_for(lambda: any(w.in_turn for w in pool_of(proxy)._live))
     [pid] = pool_of(proxy).pids
@@ -135,13 +140,7 @@ async def test_endless_output_hits_the_hard_cap_and_the_worker_survives(
 
 
 async def test_processes_started_by_the_cli_go_with_it(tmp_path: Path, start_proxy: ProxyFactory) -> None:
-    proxy = await start_proxy(
-        claude_path=fake_cli(tmp_path, "grandchild"),
-        max_turn_seconds=1.0,
-        stop_step_timeout=0.5,
-        interrupt_timeout=0.5,
-        min_idle=0,
-    )
+    proxy = await stubborn(tmp_path, start_proxy, "grandchild")
     request = asyncio.create_task(proxy.http.post(proxy.url + CHAT, json=BODY))
     await wait_for(lambda: bool(pool_of(proxy).pids) and len(in_group(pool_of(proxy).pids[0])) == 2)
     group = pool_of(proxy).pids[0]
