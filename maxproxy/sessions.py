@@ -103,9 +103,11 @@ class Sessions:
 
     # --- planning and recording ------------------------------------------------------------------------------------
 
-    async def plan(self, identity: Identity, chat: ChatRequest, parts: Split, *, replay: bool = False) -> Plan:
-        """How this request's turn runs; `replay` starts it over from the client's history (a resume failed)."""
-        full = prompt.build(chat, self.settings)
+    async def plan(
+        self, identity: Identity, chat: ChatRequest, parts: Split, full: prompt.Turn, *, replay: bool = False
+    ) -> Plan:
+        """How this request's turn runs: `full` is its turn from the whole history; `replay` starts it over from that
+        history (a resume failed)."""
         key = launch_key(full.launch)
         found = await self.store.find(identity.owner, identity.name, parts.head)
         new_part = chat.messages[parts.known :]

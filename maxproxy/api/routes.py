@@ -101,19 +101,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     access = request[ACCESS]
     chat = decode(await request.read())
     access.model, access.stream = chat.model, chat.stream
-    prompt.build(chat, request.app[SETTINGS])  # every check on the request, before any conversation is touched
+    full = prompt.build(chat, request.app[SETTINGS])  # every check on the request, before a conversation is touched
     sessions = request.app[SESSIONS]
     identity = identify(chat, request.headers, request[OWNER])
     parts = split(chat.messages)
     async with sessions.exclusive(identity, parts):
-        plan = await sessions.plan(identity, chat, parts)
+        plan = await sessions.plan(identity, chat, parts, full)
         access.session = plan.record.public_id
         access.continued = plan.continuing
         try:
             return await _run(request, chat, plan)
         except ResumeFailed as exc:
             log.warning("session_resume_failed", session=plan.resume, error=exc.message)
-            plan = await sessions.plan(identity, chat, parts, replay=True)
+            plan = await sessions.plan(identity, chat, parts, full, replay=True)
             access.continued = False
             return await _run(request, chat, plan)
 
