@@ -366,6 +366,10 @@ class Pool:
             self._retire(worker, "forgotten")
 
     async def _resume(self, launch: Launch, session: str) -> Worker:
+        if session in self.sessions():
+            # A live worker still runs that session (it was reclaimed for another conversation meanwhile): never two
+            # processes on one session. The caller replays the conversation instead.
+            raise ResumeFailed(f"CLI session {session} is in use by another worker")
         await self._make_room()
         task = self._start(launch, resume=session, park=False)
         try:

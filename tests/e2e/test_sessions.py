@@ -260,3 +260,23 @@ async def test_a_session_deleted_during_its_turn_stays_deleted(proxy: Proxy, ups
     await wait_for(lambda: pool_of(proxy).busy == 0)
     async with proxy.http.get(proxy.url + "/v1/sessions") as response:
         assert (await response.json())["data"] == []
+
+
+async def test_a_session_in_use_is_never_resumed_by_a_second_process(proxy: Proxy, upstream: FakeUpstream) -> None:
+    history: list[ChatCompletionMessageParam] = [{"role": "user", "content": "first"}]
+    await chat(proxy, history)
+    pool = pool_of(proxy)
+    [held] = pool._held.values()
+    pool._held.clear()  # as if another request had reclaimed it: emptied, and still running the session
+    assert await held.reset()
+    pool._park(held)
+    history.append({"role": "user", "content": "second"})
+    answer = await proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=history)
+    assert answer.choices[0].message.content
+    assert sum(1 for w in pool._live if w.session_id == held.session_id) == 1  # no second process on it
+    # Replayed instead, exactly once: the conversation reached the model as the client sent it.
+    assert texts(upstream.messages_requests[-1].messages) == [
+        ("user", "first"),
+        ("assistant", "Hello from fake upstream!"),
+        ("user", "second"),
+    ]
