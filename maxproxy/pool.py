@@ -47,9 +47,8 @@ MAINTAIN_EVERY = 5.0
 class Lease:
     """A worker on loan to one request: set its per-turn options, run one turn, interrupt it."""
 
-    def __init__(self, worker: Worker, ref: TurnRef) -> None:
+    def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.ref = ref
         self.kept_for: str | None = None
 
     def keep(self, conversation: str) -> None:
@@ -211,7 +210,7 @@ class Pool:
                 turn_id=uuid.uuid4().hex[:16], request_id=request_id, model=model or launch.model, worker=worker.name
             )
             worker.tap = lambda event: self.bus.publish(ref, event)
-            lease = Lease(worker, ref)
+            lease = Lease(worker)
             yield lease
         finally:
             if worker is None:
@@ -349,8 +348,7 @@ class Pool:
             log.error("pool_backoff", failures=self._failures, seconds=delay, error=exc.message)
 
     def _hold(self, worker: Worker, conversation: str) -> None:
-        worker.tap = None
-        worker.idle_since = time.monotonic()
+        worker.rest()
         previous = self._held.pop(conversation, None)
         if previous is not None:
             self._retire(previous, "superseded")
@@ -402,8 +400,7 @@ class Pool:
             self._retire(worker, "abandoned")
 
     def _park(self, worker: Worker) -> None:
-        worker.tap = None
-        worker.idle_since = time.monotonic()
+        worker.rest()
         launch = worker.launch or Launch(model="")
         self._idle.setdefault(launch, []).append(worker)
 

@@ -229,6 +229,11 @@ class Worker:
             pass
         return 0
 
+    def rest(self) -> None:
+        """Between turns: no one taps its events, and its idle time starts now."""
+        self.tap = None
+        self.idle_since = time.monotonic()
+
     def stop(self) -> asyncio.Task[None]:
         """Start stopping the process (interrupting a running turn first); the task reaps it. Idempotent."""
         if self._closing is None:

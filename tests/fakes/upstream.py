@@ -133,7 +133,6 @@ class FakeUpstream:
     _runner: web.AppRunner | None = None
     _hangs: set[asyncio.Event] = field(default_factory=set)
     url: str = ""
-    request_seen: asyncio.Event = field(default_factory=asyncio.Event)
 
     def push(self, *replies: Reply) -> None:
         self._queue.extend(replies)
@@ -169,7 +168,6 @@ class FakeUpstream:
         body = json.loads(raw) if raw else {}
         received = Received(request.path, dict(request.headers), body)
         self.requests.append(received)
-        self.request_seen.set()
         return received
 
     async def _other(self, request: web.Request) -> web.Response:
