@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import structlog
 
-from maxproxy.claude.events import Event
+from maxproxy.claude.events import TurnEvent
 
 log = structlog.get_logger("maxproxy.bus")
 
@@ -27,11 +27,11 @@ class TurnRef(msgspec.Struct, frozen=True):
 class TurnEnd(msgspec.Struct, frozen=True):
     """The last item of every turn, whatever happened (success, error, client gone, worker killed)."""
 
-    outcome: str  # "ok", "error", "interrupted", "killed"
+    outcome: str  # "ok", "error", "interrupted", "killed", "tool_calls" (the turn waits for the client's results)
     seconds: float
 
 
-Item = tuple[TurnRef, Event | TurnEnd]
+Item = tuple[TurnRef, TurnEvent | TurnEnd]
 
 
 class Subscription:
@@ -64,7 +64,7 @@ class Bus:
         if subscription in self._subscribers:
             self._subscribers.remove(subscription)
 
-    def publish(self, turn: TurnRef, item: Event | TurnEnd) -> None:
+    def publish(self, turn: TurnRef, item: TurnEvent | TurnEnd) -> None:
         for subscription in self._subscribers:
             try:
                 subscription.queue.put_nowait((turn, item))

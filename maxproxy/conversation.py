@@ -28,6 +28,7 @@ from maxproxy.api.schema import (
 )
 
 _encoder = msgspec.json.Encoder()
+_sorted = msgspec.json.Encoder(order="sorted")
 Part = tuple[str, ...]
 
 
@@ -78,13 +79,17 @@ def canonical(message: Message) -> bytes:
     if isinstance(message, ToolMessage):
         return _encoder.encode(("tool", message.tool_call_id, _content(message.content)))
     assert isinstance(message, AssistantMessage)
-    calls = [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or []]
+    calls = [(c.id, c.function.name, _arguments(c.function.arguments)) for c in message.tool_calls or []]
     return _encoder.encode(("assistant", _content(message.content), calls))
 
 
-def assistant_text(text: str) -> bytes:
-    """The canonical form of an answer as the client will send it back."""
-    return canonical(AssistantMessage(content=text))
+def _arguments(raw: str) -> str:
+    """Tool call arguments as JSON with sorted keys: clients that parse and re-serialise them (LangChain) send the
+    same call back with other spacing or key order."""
+    try:
+        return _sorted.encode(msgspec.json.decode(raw)).decode()
+    except msgspec.DecodeError:
+        return raw
 
 
 def chain(canonicals: Sequence[bytes], start: bytes = b"") -> bytes:

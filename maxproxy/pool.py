@@ -30,10 +30,10 @@ from typing import Any
 
 import structlog
 
-from maxproxy import errors
+from maxproxy import errors, tools
 from maxproxy.bus import Bus, TurnEnd, TurnRef
 from maxproxy.claude.command import Launch, Options
-from maxproxy.claude.events import Event
+from maxproxy.claude.events import TurnEvent
 from maxproxy.claude.worker import CONTROL_TIMEOUT, Watchdog, Worker
 from maxproxy.settings import Settings
 
@@ -45,7 +45,8 @@ MAINTAIN_EVERY = 5.0
 
 
 class Lease:
-    """A worker on loan to one request: set its per-turn options, run one turn, interrupt it."""
+    """A worker on loan to one request: set its per-turn options and tools, run one turn (or go on with the one that
+    waits for tool results), interrupt it."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -55,13 +56,23 @@ class Lease:
         """After this turn, keep the worker (and its conversation) for the conversation's next turn."""
         self.kept_for = conversation
 
-    async def apply(self, options: Options) -> None:
+    async def apply(self, options: Options, toolset: tools.Toolset) -> None:
         await self.worker.apply(options)
+        await self.worker.offer(toolset)
 
     def turn(
-        self, lines: Sequence[dict[str, Any]], watchdog: Watchdog, *, tick: float | None = None
-    ) -> AsyncGenerator[Event | None, None]:
-        return self.worker.turn(lines, watchdog, tick=tick)
+        self,
+        lines: Sequence[dict[str, Any]],
+        watchdog: Watchdog,
+        *,
+        tick: float | None = None,
+        results: dict[str, str] | None = None,
+    ) -> AsyncGenerator[TurnEvent | None, None]:
+        if results is not None and not self.worker.tools.matches(results):
+            raise ResumeFailed("The worker no longer waits for these tool results")
+        if results is None and self.worker.in_turn:
+            raise ResumeFailed("The worker waits for tool results this request does not bring")
+        return self.worker.turn(lines, watchdog, tick=tick, results=results)
 
     async def interrupt(self) -> None:
         await self.worker.interrupt()
@@ -357,6 +368,11 @@ class Pool:
     def holds(self, conversation: str) -> bool:
         return conversation in self._held
 
+    def waiting(self, conversation: str) -> bool:
+        """A worker holds the conversation's turn, stopped at tool calls its client has to answer."""
+        worker = self._held.get(conversation)
+        return worker is not None and worker.waiting
+
     def forget(self, conversation: str) -> None:
         """The conversation was deleted: its worker, if one still holds it, goes."""
         worker = self._held.pop(conversation, None)
@@ -383,7 +399,8 @@ class Pool:
     async def _reclaim(self, launch: Launch) -> Worker | None:
         """Empty the least recently used worker that holds a conversation (a few ms of rewinds, against a start of
         ~0.3 s). Its conversation continues later from its client's history or, if it was retired, its session."""
-        held = [(c, w) for c, w in self._held.items() if w.launch == launch]
+        # A worker whose turn waits for tool results is not emptied: its client is about to go on with it.
+        held = [(c, w) for c, w in self._held.items() if w.launch == launch and not w.waiting]
         while held:
             conversation, worker = min(held, key=lambda item: item[1].idle_since)
             held.remove((conversation, worker))
@@ -428,7 +445,7 @@ class Pool:
         outcome, reason = "ok", ""
         try:
             if worker.in_turn:
-                outcome = "interrupted"
+                outcome = "tool_calls" if kept is not None and worker.waiting else "interrupted"
             reason = await self._recover(worker, keep=kept is not None)
         except asyncio.CancelledError:
             reason = "shutdown"
@@ -459,6 +476,8 @@ class Pool:
         not, or ""."""
         if not worker.alive:
             return "crashed"
+        if keep and worker.waiting:
+            return ""  # the turn goes on when the client brings the tool results
         if worker.in_turn:
             try:
                 await worker.finish(self.settings.interrupt_timeout)
@@ -494,7 +513,9 @@ class Pool:
             self._expire_idle()
             self._refill()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(MAINTAIN_EVERY, self.settings.idle_timeout))
+                await asyncio.wait_for(
+                    self._wake.wait(), min(MAINTAIN_EVERY, self.settings.idle_timeout, self.settings.tool_wait)
+                )
 
     def _expire_idle(self) -> None:
         now = time.monotonic()
@@ -507,10 +528,35 @@ class Pool:
                 elif len(workers) > keep and now - worker.idle_since > self.settings.idle_timeout:
                     self._retire(worker, "idle")
         for conversation, worker in list(self._held.items()):
+            if worker.waiting and worker.alive:
+                if now - worker.idle_since > self.settings.tool_wait:
+                    # The client never brought the tool results: end the turn and free the worker. A late
+                    # follow-up replays the conversation.
+                    del self._held[conversation]
+                    log.info("tool_wait_expired", worker=worker.name, seconds=self.settings.tool_wait)
+                    self._free(worker)
             # A held conversation left alone is retired, not rewound: its CLI session stays resumable.
-            if not worker.alive or now - worker.idle_since > self.settings.idle_timeout:
+            elif not worker.alive or now - worker.idle_since > self.settings.idle_timeout:
                 del self._held[conversation]
                 self._retire(worker, "idle" if worker.alive else "exited_idle")
+
+    def _free(self, worker: Worker) -> None:
+        """End a waiting turn (interrupt) and make its worker clean for other conversations, in a task the pool
+        owns."""
+
+        async def free() -> None:
+            reason = "free_failed"
+            try:
+                reason = await self._recover(worker)
+            finally:
+                if reason or self._closed:
+                    self._retire(worker, reason or "shutdown")
+                else:
+                    self._park(worker)
+
+        task = asyncio.create_task(free(), name=f"free-{worker.name}")
+        self._returns.add(task)
+        task.add_done_callback(self._returns.discard)
 
     def _refill(self) -> None:
         if self.draining or self.backoff_seconds:

@@ -7,15 +7,22 @@ delivers it verbatim: no slash commands (`/clear`, `/model`) and no `@file` expa
 
 The client's system prompt is, by default, embedded as a delimited block at the head of the first user message
 rather than replacing the CLI's own system prompt (settings `system_prompt_mode`; README: "System prompts").
+
+With `tools`, earlier tool calls and their results are replayed as real `tool_use`/`tool_result` blocks, and the
+tool messages that answer the calls a waiting turn stopped at become that turn's `results` (the CLI gets them as the
+calls' results, not as a new message). Every tool message must answer a call of the assistant message before it,
+and every call must be answered, as OpenAI requires.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from maxproxy import errors
+import msgspec
+
+from maxproxy import errors, tools
 from maxproxy.api.schema import (
     AssistantMessage,
     ChatRequest,
@@ -57,6 +64,8 @@ class Turn:
     options: Options
     lines: list[Line]
     family: str  # the model family, for the pool's concurrency limits
+    toolset: tools.Toolset = field(default_factory=tools.Toolset)  # the client's tools (none: empty)
+    results: dict[str, str] | None = None  # tool results for the waiting turn this request goes on with, by call id
 
 
 def build(request: ChatRequest, settings: Settings, *, start: int = 0) -> Turn:
@@ -69,13 +78,22 @@ def build(request: ChatRequest, settings: Settings, *, start: int = 0) -> Turn:
         )
     if request.n is not None and request.n > 1:
         raise errors.InvalidRequest("n > 1 is not supported: the CLI returns one answer per turn", param="n")
+    toolset = tools.toolset(request.tools, request.tool_choice, request.parallel_tool_calls)
+    _check_tool_messages(request)
+    as_blocks = toolset is not None  # without tools, earlier calls are replayed as text (the CLI lists none)
 
     system: list[str] = []
     steps: list[tuple[str, list[Block]]] = []  # ("user" | "assistant", blocks), merged by side
+    results: dict[str, str] | None = None
     for i, message in enumerate(request.messages):
         if i < start:
             continue
         where = f"messages[{i}]"
+        if start and isinstance(message, ToolMessage) and not steps:
+            # Answers to the calls the conversation's waiting turn stopped at.
+            results = results if results is not None else {}
+            results[message.tool_call_id] = _plain_text(message.content, where)
+            continue
         if isinstance(message, SystemMessage | DeveloperMessage):
             text = _plain_text(message.content, where)
             if text:
@@ -88,9 +106,9 @@ def build(request: ChatRequest, settings: Settings, *, start: int = 0) -> Turn:
                     raise errors.InvalidRequest(f"{where} has no content", param=f"{where}.content")
                 continue  # an empty message earlier in the history adds nothing
         elif isinstance(message, ToolMessage):
-            side, blocks = "user", _tool_result(message, where)
+            side, blocks = "user", _tool_result(message, where, as_blocks)
         else:
-            side, blocks = "assistant", _assistant_blocks(message, where)
+            side, blocks = "assistant", _assistant_blocks(message, where, as_blocks)
             if not blocks:
                 continue  # an empty assistant turn adds nothing to the history
         if steps and steps[-1][0] == side:
@@ -98,16 +116,21 @@ def build(request: ChatRequest, settings: Settings, *, start: int = 0) -> Turn:
         else:
             steps.append((side, blocks))
 
-    if not steps or steps[-1][0] != "user":
+    if results is None and (not steps or steps[-1][0] != "user"):
         raise errors.InvalidRequest("The last message must be a user or tool message", param="messages")
-    if steps[0][0] == "assistant":
+    for side, blocks in steps:
+        if side == "user":  # the upstream wants a message's tool results before anything else in it
+            blocks.sort(key=lambda b: b["type"] != "tool_result")
+    if toolset is not None and steps and (note := toolset.instructions()):
+        steps[-1][1].append({"type": "text", "text": note})
+    if steps and steps[0][0] == "assistant":
         # The model's input must open with a user turn; a bot whose history starts with its own greeting gets a
         # neutral marker in front of it.
         steps.insert(0, ("user", [{"type": "text", "text": "[The conversation starts with the assistant.]"}]))
 
     system_text = "\n\n".join(system)
     launch_system: str | None = None
-    if system_text and settings.system_prompt_mode == "embed":
+    if system_text and settings.system_prompt_mode == "embed" and steps:
         steps[0][1].insert(0, {"type": "text", "text": f"<system_prompt>\n{system_text}\n</system_prompt>"})
     elif system_text:
         launch_system = system_text
@@ -135,12 +158,47 @@ def build(request: ChatRequest, settings: Settings, *, start: int = 0) -> Turn:
             if n != last:
                 line["shouldQuery"] = False
             lines.append(line)
+    cli_tools = None
+    if toolset is not None and settings.cli_tools and not settings.mix_cli_tools:
+        cli_tools = ""  # the client's tools only: the CLI's own are off for this request
     return Turn(
-        launch=Launch(model=model.cli, system_prompt=launch_system),
+        launch=Launch(model=model.cli, system_prompt=launch_system, cli_tools=cli_tools),
         options=Options(max_output_tokens=request.token_limit, effort=_EFFORT.get(request.reasoning_effort or "")),
         lines=lines,
         family=model.family,
+        toolset=toolset or tools.Toolset(),
+        results=results,
     )
+
+
+def _check_tool_messages(request: ChatRequest) -> None:
+    """Tool messages answer the calls of the assistant message just before them, every call gets one (OpenAI's
+    rule; the upstream has the same one for tool_use and tool_result blocks)."""
+    open_calls: dict[str, int] = {}  # unanswered call id → index of its assistant message
+    for i, message in enumerate(request.messages):
+        if isinstance(message, ToolMessage):
+            if message.tool_call_id not in open_calls:
+                raise errors.InvalidRequest(
+                    f"messages[{i}] is a tool message for tool_call_id {message.tool_call_id!r}, which no tool call "
+                    "of the assistant message before it has (or which was answered already)",
+                    param=f"messages[{i}].tool_call_id",
+                )
+            del open_calls[message.tool_call_id]
+            continue
+        if open_calls:
+            first, at = next(iter(open_calls.items()))
+            raise errors.InvalidRequest(
+                f"The tool call {first!r} of messages[{at}] has no tool message answering it before messages[{i}]",
+                param=f"messages[{at}].tool_calls",
+            )
+        if isinstance(message, AssistantMessage):
+            open_calls = {call.id: i for call in message.tool_calls or []}
+    if open_calls:
+        first, at = next(iter(open_calls.items()))
+        raise errors.InvalidRequest(
+            f"The tool call {first!r} of messages[{at}] has no tool message answering it",
+            param=f"messages[{at}].tool_calls",
+        )
 
 
 def _plain_text(content: Content, where: str) -> str:
@@ -189,7 +247,7 @@ def _image(part: ImagePart, where: str) -> Block:
     return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
 
 
-def _assistant_blocks(message: AssistantMessage, where: str) -> list[Block]:
+def _assistant_blocks(message: AssistantMessage, where: str, as_blocks: bool) -> list[Block]:
     blocks: list[Block] = []
     if message.content is not None:
         text = _plain_text(message.content, where)
@@ -198,7 +256,17 @@ def _assistant_blocks(message: AssistantMessage, where: str) -> list[Block]:
     if message.refusal:
         blocks.append({"type": "text", "text": message.refusal})
     for call in message.tool_calls or []:
-        # Until tools are passed through to the CLI, earlier calls stay in the history as text the model can read.
+        if as_blocks:
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": tools.block_id(call.id),
+                    "name": call.function.name,
+                    "input": _arguments(call.function.arguments),
+                }
+            )
+            continue
+        # Without tools in the request the CLI lists none: earlier calls stay in the history as text.
         blocks.append(
             {
                 "type": "text",
@@ -208,6 +276,17 @@ def _assistant_blocks(message: AssistantMessage, where: str) -> list[Block]:
     return blocks
 
 
-def _tool_result(message: ToolMessage, where: str) -> list[Block]:
+def _arguments(raw: str) -> Any:
+    try:
+        value = msgspec.json.decode(raw or "{}")
+    except msgspec.DecodeError:
+        return {"arguments": raw}
+    return value if isinstance(value, dict) else {"arguments": value}
+
+
+def _tool_result(message: ToolMessage, where: str, as_blocks: bool) -> list[Block]:
     text = _plain_text(message.content, where)
+    if as_blocks:
+        content = tools.result_text(text) or "(no output)"
+        return [{"type": "tool_result", "tool_use_id": tools.block_id(message.tool_call_id), "content": content}]
     return [{"type": "text", "text": f"[Result of tool call {message.tool_call_id}]\n{text}"}]

@@ -6,6 +6,10 @@ retried (`abandoned_blocks`, protocol note §2.4), text already sent is not sent
 against it and only what goes beyond it is released; if the retry says something else, a streaming client gets an
 error instead of a spliced answer (a non-streaming one gets the clean retried text). `Chunks` writes the SSE payloads
 with the id, creation time and model identical on every chunk.
+
+Tool calls: the answer stops (`suspended`, finish reason `tool_calls`) once the model's message has ended at
+`tool_use` and each of its calls is settled: handed to the client (a `ToolCall` maxproxy accepted), or answered
+inside the CLI (a call maxproxy refused, a tool the CLI does not know, a built-in tool it ran).
 """
 
 from __future__ import annotations
@@ -18,23 +22,44 @@ import msgspec
 
 from maxproxy import errors
 from maxproxy.api.schema import (
+    AssistantMessage,
     ChatCompletion,
     Choice,
     FinishReason,
+    FunctionCall,
     PromptTokensDetails,
     ResponseMessage,
     Usage,
     encoder,
 )
-from maxproxy.claude.events import Assistant, Event, RateLimit, RateLimitInfo, Result, StreamEvent, System
+from maxproxy.api.schema import ToolCall as WireToolCall
+from maxproxy.claude.events import (
+    Assistant,
+    Block,
+    RateLimit,
+    RateLimitInfo,
+    Result,
+    StreamEvent,
+    System,
+    ToolCall,
+    TurnEvent,
+    User,
+)
 from maxproxy.claude.events import Usage as CliUsage
 
 MESSAGE_SEPARATOR = "\n\n"  # between the texts of consecutive model calls in one turn (e.g. around a tool run)
 
 
 class Assembler:
-    def __init__(self, *, streaming: bool = True) -> None:
+    def __init__(self, *, streaming: bool = True, continuation: bool = False) -> None:
         self.streaming = streaming
+        # Going on with a turn that waited for tool results: the CLI's result counts the whole turn, so this
+        # answer's usage comes from its own model calls.
+        self.continuation = continuation
+        self.calls: list[ToolCall] = []  # tool calls handed to the client, in the order the CLI made them
+        self._tool_uses: dict[str, list[str]] = {}  # api message id → its tool_use ids
+        self._settled: set[str] = set()  # tool_use ids accepted, refused or answered inside the CLI
+        self._tool_stop: str | None = None  # the message that ended at tool_use
         self.result: Result | None = None
         self.rate_limit: RateLimitInfo | None = None
         self.init: System | None = None
@@ -51,14 +76,23 @@ class Assembler:
 
     # --- feeding -------------------------------------------------------------------------------------------------
 
-    def feed(self, event: Event) -> str:
+    def feed(self, event: TurnEvent) -> str:
         """Take one event; return the text the client may see now ("" for none)."""
         if isinstance(event, StreamEvent):
             if event.parent_tool_use_id is None:  # a subagent's own stream is not the answer
                 return self._stream(event)
         elif isinstance(event, Assistant):
             if event.parent_tool_use_id is None and event.error is None and event.message.model != "<synthetic>":
+                self._note_tool_uses(event.message.id, event.message.content, event.message.stop_reason)
                 return self._whole(event)
+        elif isinstance(event, ToolCall):
+            self._settled.add(event.tool_use_id)
+            if event.refusal is None:
+                self.calls.append(event)
+        elif isinstance(event, User):
+            if event.parent_tool_use_id is None and not isinstance(event.message.content, str):
+                answered = (b.tool_use_id for b in event.message.content if b.type == "tool_result" and b.tool_use_id)
+                self._settled.update(answered)
         elif isinstance(event, Result):
             self.result = event
         elif isinstance(event, RateLimit):
@@ -71,8 +105,11 @@ class Assembler:
         event = line.event
         message_id = line.api_message_id or ""
         kind = event.type
-        if kind == "message_start":
+        if kind == "content_block_start" and event.content_block is not None:
+            self._note_tool_uses(message_id, [event.content_block], None)
+        elif kind == "message_start":
             self._current = message_id
+            self._tool_stop = None  # a new model call: the answer stops at the end of this one, not an earlier one
             self._messages.setdefault(message_id, {})
             usage = event.message.usage if event.message is not None else None
             self._stream_usage[message_id] = (usage, 0)
@@ -82,12 +119,34 @@ class Assembler:
             if event.delta is not None and event.delta.stop_reason == "max_tokens" and not self.stop_requested:
                 self.finish_reason = "length"
                 self.stop_requested = True
+            if event.delta is not None and event.delta.stop_reason == "tool_use":
+                self._tool_stop = message_id
             if event.usage is not None and message_id in self._stream_usage:
                 start, _ = self._stream_usage[message_id]
                 self._stream_usage[message_id] = (start, event.usage.output_tokens or 0)
         elif kind == "message_stop" and line.abandoned_blocks is not None:
             self._abandon(line.abandoned_blocks.api_message_id, line.abandoned_blocks.from_block_index)
         return ""
+
+    def _note_tool_uses(self, message_id: str, blocks: list[Block] | str, stop_reason: str | None) -> None:
+        if isinstance(blocks, str):
+            return
+        known = self._tool_uses.setdefault(message_id, [])
+        known.extend(b.id for b in blocks if b.type == "tool_use" and b.id and b.id not in known)
+        if stop_reason == "tool_use":  # a message that never streamed (the CLI's non-streaming fallback)
+            self._tool_stop = message_id
+
+    @property
+    def suspended(self) -> bool:
+        """The turn now waits for the client's tool results: this answer is complete."""
+        if not self.calls or self._tool_stop is None or self.stop_requested:
+            return False
+        return all(tool_use in self._settled for tool_use in self._tool_uses.get(self._tool_stop, []))
+
+    def message(self) -> AssistantMessage:
+        """The answer as the client will send it back in its next request's history."""
+        calls = [WireToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in self.calls]
+        return AssistantMessage(content=self.text or None, tool_calls=calls or None)
 
     def _whole(self, event: Assistant) -> str:
         """A finished block. Streamed blocks were already taken delta by delta; a message that never streamed (the
@@ -153,6 +212,8 @@ class Assembler:
         """The error this turn must be answered with, if any (never its text as assistant content)."""
         if self.error is not None:
             return self.error
+        if self.suspended:
+            return None
         if self.result is None:
             return errors.CLIFailed("The CLI ended the turn without a result")
         if self.stop_requested:
@@ -163,7 +224,7 @@ class Assembler:
 
     def usage(self) -> Usage:
         cli = self.result.usage if self.result is not None and self.result.usage is not None else None
-        if cli is not None and (cli.input_tokens or cli.output_tokens):
+        if cli is not None and (cli.input_tokens or cli.output_tokens) and not self.continuation:
             prompt = (
                 (cli.input_tokens or 0) + (cli.cache_read_input_tokens or 0) + (cli.cache_creation_input_tokens or 0)
             )
@@ -258,6 +319,20 @@ class Chunks:
             + b'},"logprobs":null,"finish_reason":null}]}'
         )
 
+    def tool_call(self, index: int, call: ToolCall) -> tuple[bytes, bytes]:
+        """A tool call as the SDKs accumulate it: index, id, type and name first, then the arguments."""
+        tail = b'}]},"logprobs":null,"finish_reason":null}]}'
+        opening = b'[{"index":0,"delta":{"tool_calls":[{"index":' + str(index).encode()
+        named = (
+            b',"id":'
+            + encoder.encode(call.id)
+            + b',"type":"function","function":{"name":'
+            + encoder.encode(call.name)
+            + b',"arguments":""}'
+        )
+        arguments = b',"function":{"arguments":' + encoder.encode(call.arguments) + b"}"
+        return self._head + opening + named + tail, self._head + opening + arguments + tail
+
     def finish(self, reason: FinishReason) -> bytes:
         return self._head + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]}'
 
@@ -270,7 +345,14 @@ def completion(completion_id: str, created: int, model: str, assembler: Assemble
         id=completion_id,
         created=created,
         model=model,
-        choices=[Choice(message=ResponseMessage(content=assembler.text), finish_reason=assembler.finish_reason)],
+        choices=[Choice(message=_message(assembler), finish_reason=assembler.finish_reason)],
         usage=assembler.usage(),
     )
     return msgspec.json.encode(body)
+
+
+def _message(assembler: Assembler) -> ResponseMessage:
+    if not assembler.calls:
+        return ResponseMessage(content=assembler.text)
+    message = assembler.message()
+    return ResponseMessage(content=assembler.text or None, tool_calls=message.tool_calls or [])

@@ -7,8 +7,10 @@ turn *continues* it: only the new messages go to the CLI — on the worker that 
 worker started on its recorded CLI session (`--resume`). Anything else (a first turn, an edit, a regenerate, a deleted
 turn, a changed system prompt) starts the conversation over from the history the client sent, so the wrong branch is
 never continued; so does a resume that fails. After a turn that ended normally, the conversation's new history hash
-and CLI session are recorded in the store; the worker stays with the conversation. Expired conversations are deleted
-with their transcripts; transcripts no conversation owns are deleted too.
+and CLI session are recorded in the store; the worker stays with the conversation. A turn that stopped at tool calls
+is recorded too, but its CLI session is not resumable (measured: a resumed session drops the unfinished turn), so
+only the worker that waits can take the tool results; once it is gone, the follow-up replays the conversation.
+Expired conversations are deleted with their transcripts; transcripts no conversation owns are deleted too.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from typing import Any
 import structlog
 
 from maxproxy import errors, prompt
-from maxproxy.api.schema import ChatRequest, DeveloperMessage, SystemMessage
+from maxproxy.api.schema import AssistantMessage, ChatRequest, DeveloperMessage, SystemMessage, ToolMessage
 from maxproxy.claude.command import Launch
-from maxproxy.conversation import Identity, Split, assistant_text, chain
+from maxproxy.conversation import Identity, Split, canonical, chain
 from maxproxy.pool import Lease, Pool
 from maxproxy.settings import Settings
 from maxproxy.store import Conversation, Store, new_conversation
@@ -111,6 +113,7 @@ class Sessions:
         key = launch_key(full.launch)
         found = await self.store.find(identity.owner, identity.name, parts.head)
         new_part = chat.messages[parts.known :]
+        tool_results = bool(new_part) and isinstance(new_part[0], ToolMessage)
         continuing = (
             not replay
             and found is not None
@@ -118,9 +121,12 @@ class Sessions:
             and found.turns > 0
             and found.head == parts.head
             and found.launch == key
-            and (self.pool.holds(found.id) or found.resumable)  # something still has the conversation's context
+            # something still has the conversation's context: for tool results, only the worker that waits for them
+            and (self.pool.waiting(found.id) if tool_results else self.pool.holds(found.id) or found.resumable)
             and not any(isinstance(m, SystemMessage | DeveloperMessage) for m in new_part)
         )
+        if found is not None and not continuing and self.pool.waiting(found.id):
+            self.pool.forget(found.id)  # its turn waits for results that will not come: free the worker
         if found is not None and continuing:
             turn = prompt.build(chat, self.settings, start=parts.known)
             resume = found.session_id if found.resumable else None
@@ -140,7 +146,7 @@ class Sessions:
         if session is not None and session != plan.record.session_id:
             await self.store.disown(session, keep=plan.record.id)
 
-    async def settle(self, plan: Plan, lease: Lease, answer: str | None) -> None:
+    async def settle(self, plan: Plan, lease: Lease, answer: AssistantMessage | None) -> None:
         """After the turn: record it if it ended normally (`answer`); otherwise the CLI session holds a prompt the
         conversation does not, so the conversation must not be resumed from it."""
         try:
@@ -155,14 +161,15 @@ class Sessions:
             self._running.discard(plan.record.id)
             self._deleted.discard(plan.record.id)
 
-    async def commit(self, plan: Plan, lease: Lease, answer: str) -> None:
-        """The turn ended normally: record the conversation's new history and keep its worker for the next turn."""
+    async def commit(self, plan: Plan, lease: Lease, answer: AssistantMessage) -> None:
+        """The turn ended normally (or stopped at tool calls): record the conversation's new history and keep its
+        worker for the next turn."""
         record = plan.record
         if record.id in self._deleted:
             return
-        record.head = chain([assistant_text(answer)], chain(plan.split.canonicals))
+        record.head = chain([canonical(answer)], chain(plan.split.canonicals))
         record.session_id = lease.worker.session_id
-        record.resumable = record.session_id is not None
+        record.resumable = record.session_id is not None and not lease.worker.waiting
         record.turns += 1
         record.last_used = time.time()
         await self.store.save(record)

@@ -91,6 +91,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     allowed_tools: list[str] = []
     disallowed_tools: list[str] = []
     permission_mode: PermissionMode = "default"
+    # Requests that bring their own `tools` get none of the CLI's built-in tools unless this is true.
+    mix_cli_tools: bool = False
+    # A turn that handed tool calls to its client waits this long for the results, then its worker is freed (a
+    # later follow-up replays the conversation).
+    tool_wait: Seconds = 600.0
     # How the client's system prompt reaches the model: "embed" (a block at the head of the first user message; the
     # CLI's own system prompt stays), "append" (--append-system-prompt) or "replace" (--system-prompt).
     system_prompt_mode: Literal["embed", "append", "replace"] = "embed"

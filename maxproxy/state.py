@@ -33,6 +33,7 @@ class Access:
     error: str | None = None  # an error code sent inside an already-started stream
     session: str | None = None  # the conversation's id
     continued: bool | None = None  # only the new messages went to the CLI
+    tool_calls: int | None = None  # the answer handed this many tool calls to the client
     disconnected: bool | None = None
 
 

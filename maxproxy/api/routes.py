@@ -19,7 +19,7 @@ from aiohttp import web
 from maxproxy import __version__, errors, prompt, reply
 from maxproxy.api.schema import ChatRequest, ModelCard, ModelList, ignored_fields, request_decoder
 from maxproxy.api.sse import Stream
-from maxproxy.claude.events import Event, System
+from maxproxy.claude.events import System, ToolCall, TurnEvent
 from maxproxy.claude.worker import Watchdog
 from maxproxy.conversation import identify, split
 from maxproxy.pool import Lease, ResumeFailed
@@ -123,8 +123,8 @@ async def _run(request: web.Request, chat: ChatRequest, plan: Plan) -> web.Strea
     headers: dict[str, str] = {"x-session-id": plan.record.public_id}
     if ignored := ignored_fields(chat):
         headers["x-maxproxy-ignored-params"] = ",".join(ignored)
-    answer = Answer(request, chat, headers)
     turn = plan.turn
+    answer = Answer(request, chat, headers, continuation=turn.results is not None)
     pool = request.app[POOL]
     conversation_id = plan.record.id if plan.continuing else None
     async with pool.acquire(
@@ -141,7 +141,7 @@ async def _run(request: web.Request, chat: ChatRequest, plan: Plan) -> web.Strea
                 response = await answer.complete(lease, turn, watchdog)
             ended = answer.ended_normally(lease)
         finally:
-            await asyncio.shield(sessions.settle(plan, lease, answer.assembler.text if ended else None))
+            await asyncio.shield(sessions.settle(plan, lease, answer.assembler.message() if ended else None))
         return response
 
 
@@ -163,18 +163,20 @@ async def delete_session(request: web.Request) -> web.Response:
 class Answer:
     """One chat completion being answered: the events of its turn go to the client as JSON or as SSE chunks."""
 
-    def __init__(self, request: web.Request, chat: ChatRequest, headers: dict[str, str]) -> None:
+    def __init__(
+        self, request: web.Request, chat: ChatRequest, headers: dict[str, str], *, continuation: bool = False
+    ) -> None:
         self.request = request
         self.chat = chat
         self.headers = headers
         self.id = reply.new_id()
         self.created = int(time.time())
         self.started = time.monotonic()
-        self.assembler = reply.Assembler(streaming=chat.stream)
+        self.assembler = reply.Assembler(streaming=chat.stream, continuation=continuation)
         self.access = request[ACCESS]
         self._interrupted = False
 
-    def _take(self, event: Event) -> str:
+    def _take(self, event: TurnEvent) -> str:
         """Feed one event; returns the text the client may see now."""
         text = self.assembler.feed(event)
         if isinstance(event, System) and event.subtype == "init" and event.apiKeySource is not None:
@@ -188,28 +190,34 @@ class Answer:
             await lease.interrupt()
 
     def ended_normally(self, lease: Lease) -> bool:
-        """The turn is one the conversation can continue from: answered in full, with no error, nothing cut."""
-        return (
-            self.assembler.failure() is None
-            and self.assembler.finish_reason == "stop"
-            and not self.access.disconnected
-            and not lease.worker.in_turn
-            and not lease.worker.interrupted
-        )
+        """The turn is one the conversation can continue from: answered in full (or stopped at tool calls the client
+        now has), with no error, nothing cut."""
+        if self.assembler.failure() is not None or self.access.disconnected or lease.worker.interrupted:
+            return False
+        if self.assembler.suspended:
+            return lease.worker.waiting
+        return self.assembler.finish_reason == "stop" and not lease.worker.in_turn
+
+    def _first_token(self) -> None:
+        if self.access.ttft_ms is None:
+            self.access.ttft_ms = round((time.monotonic() - self.started) * 1000, 1)
 
     def _finish_access(self) -> None:
+        if self.assembler.suspended:
+            self.assembler.finish_reason = "tool_calls"
+            self.access.tool_calls = len(self.assembler.calls)
         usage = self.assembler.usage()
         self.access.prompt_tokens = usage.prompt_tokens
         self.access.completion_tokens = usage.completion_tokens
 
     async def complete(self, lease: Lease, turn: prompt.Turn, watchdog: Watchdog) -> web.Response:
-        await lease.apply(turn.options)
-        async with contextlib.aclosing(lease.turn(turn.lines, watchdog)) as events:
+        await lease.apply(turn.options, turn.toolset)
+        async with contextlib.aclosing(lease.turn(turn.lines, watchdog, results=turn.results)) as events:
             async for event in events:
                 if event is not None:  # no ticks were asked for; None never comes
                     self._take(event)
                     await self._limit(lease)
-                if self.assembler.error is not None:
+                if self.assembler.error is not None or self.assembler.suspended:
                     break
         if failure := self.assembler.failure():
             raise failure
@@ -244,20 +252,24 @@ class Answer:
         self, lease: Lease, turn: prompt.Turn, watchdog: Watchdog, out: Stream, chunks: reply.Chunks
     ) -> errors.ProxyError | None:
         """Stream the turn's text as it comes; the error that ends it, if any."""
-        await lease.apply(turn.options)
+        await lease.apply(turn.options, turn.toolset)
         tick = self.request.app[SETTINGS].keepalive_interval
         try:
-            async with contextlib.aclosing(lease.turn(turn.lines, watchdog, tick=tick)) as events:
+            events = lease.turn(turn.lines, watchdog, tick=tick, results=turn.results)
+            async with contextlib.aclosing(events):
                 async for event in events:
                     if event is None:  # silence: open the stream so that keepalives can flow
                         await out.send(b"")
                     elif text := self._take(event):
-                        if self.access.ttft_ms is None:
-                            self.access.ttft_ms = round((time.monotonic() - self.started) * 1000, 1)
+                        self._first_token()
                         await out.send(chunks.content(text))
+                    elif isinstance(event, ToolCall) and event.refusal is None:
+                        self._first_token()
+                        for payload in chunks.tool_call(len(self.assembler.calls) - 1, event):
+                            await out.send(payload)
                     elif self.assembler.stop_requested:
                         await self._limit(lease)
-                    if self.assembler.error is not None:
+                    if self.assembler.error is not None or self.assembler.suspended:
                         break
         except errors.ProxyError as exc:
             return exc

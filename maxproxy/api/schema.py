@@ -94,10 +94,11 @@ class ChatRequest(Struct, kw_only=True):
     top_logprobs: int | UnsetType | None = UNSET
     seed: int | UnsetType | None = UNSET
     response_format: dict[str, Any] | UnsetType | None = UNSET
-    tools: list[dict[str, Any]] | UnsetType | None = UNSET
-    tool_choice: str | dict[str, Any] | UnsetType | None = UNSET
-    parallel_tool_calls: bool | UnsetType | None = UNSET
     service_tier: str | UnsetType | None = UNSET
+    # Honoured: the client's tools (checked in `tools.toolset`).
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     # Accepted and used later (sessions, keys); harmless now.
     user: str | None = None
     metadata: dict[str, Any] | None = None
@@ -123,9 +124,6 @@ IGNORED_FIELDS = (
     "top_logprobs",
     "seed",
     "response_format",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
     "service_tier",
 )
 
@@ -154,6 +152,7 @@ class Usage(Struct):
 class ResponseMessage(Struct):
     content: str | None
     role: str = "assistant"
+    tool_calls: list[ToolCall] | UnsetType = UNSET  # UNSET is left out of the JSON
     refusal: None = None
 
 

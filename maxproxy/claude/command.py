@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from maxproxy import tools
 from maxproxy.settings import Settings
 
 
@@ -20,6 +21,7 @@ class Launch(msgspec.Struct, frozen=True):
 
     model: str  # `--model`
     system_prompt: str | None = None  # only in the "append"/"replace" system prompt modes
+    cli_tools: str | None = None  # `--tools`, when not the settings' `cli_tools` (off for requests with tools)
 
 
 class Options(msgspec.Struct, frozen=True):
@@ -48,10 +50,11 @@ def argv(settings: Settings, launch: Launch | None, *, resume: str | None = None
         "--permission-mode",
         settings.permission_mode,
         "--tools",
-        settings.cli_tools,
+        launch.cli_tools if launch is not None and launch.cli_tools is not None else settings.cli_tools,
+        # The client's tools (maxproxy's SDK MCP server) run at the client: the CLI must not ask for permission.
+        "--allowedTools",
+        ",".join([f"mcp__{tools.SERVER}", *settings.allowed_tools]),
     ]
-    if settings.allowed_tools:
-        args += ["--allowedTools", ",".join(settings.allowed_tools)]
     if settings.disallowed_tools:
         args += ["--disallowedTools", ",".join(settings.disallowed_tools)]
     if launch is not None:
@@ -63,11 +66,23 @@ def argv(settings: Settings, launch: Launch | None, *, resume: str | None = None
 
 
 def initialize_request(settings: Settings, launch: Launch | None) -> dict[str, object]:
-    """The fields of the `initialize` control request that fix the process's system prompt."""
-    if launch is None or launch.system_prompt is None:
-        return {}
-    key = "systemPrompt" if settings.system_prompt_mode == "replace" else "appendSystemPrompt"
-    return {key: [launch.system_prompt] if key == "systemPrompt" else launch.system_prompt}
+    """The fields of the `initialize` control request: the SDK MCP server that hosts the client's tools, and the
+    process's system prompt."""
+    fields: dict[str, object] = {
+        "sdkMcpServers": [tools.SERVER],
+        "sdkMcpServerConfigs": {
+            tools.SERVER: {
+                # maxproxy's own `tool_wait` ends a wait; the CLI's timeout (in ms) only backs it up.
+                "timeout": int((settings.tool_wait + 60) * 1000),
+                # A call waits on the client, however long: never moved to a background task.
+                "disableAutoBackground": True,
+            }
+        },
+    }
+    if launch is not None and launch.system_prompt is not None:
+        key = "systemPrompt" if settings.system_prompt_mode == "replace" else "appendSystemPrompt"
+        fields[key] = [launch.system_prompt] if key == "systemPrompt" else launch.system_prompt
+    return fields
 
 
 def environment(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -79,5 +94,10 @@ def environment(settings: Settings, base: Mapping[str, str] | None = None) -> di
         CLAUDE_BYTE_STREAM_IDLE_TIMEOUT_MS=str(int(settings.upstream_idle_timeout * 1000)),
         # The pinned CLI must stay the pinned CLI.
         DISABLE_AUTOUPDATER="1",
+        # The client's tools keep their own names (not `mcp__client__<name>`).
+        CLAUDE_AGENT_SDK_MCP_NO_PREFIX="1",
+        # ... and are sent to the model as they are, never deferred behind the CLI's tool search (measured: tools
+        # listed after start-up otherwise come with a `DeferredToolPlaceholder`).
+        ENABLE_TOOL_SEARCH="false",
     )
     return env

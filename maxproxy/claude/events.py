@@ -47,6 +47,7 @@ class Message(Struct, frozen=True):
     model: str = ""
     content: list[Block] | str = []
     usage: Usage | None = None
+    stop_reason: str | None = None
 
 
 class SseEvent(Struct, frozen=True):
@@ -143,6 +144,8 @@ class ControlResponse(Struct, frozen=True, tag="control_response"):
 
 class ControlRequestBody(Struct, frozen=True):
     subtype: str = ""
+    server_name: str | None = None  # mcp_message
+    message: Any = None  # mcp_message: one JSON-RPC message
 
 
 class ControlRequest(Struct, frozen=True, tag="control_request"):
@@ -150,7 +153,18 @@ class ControlRequest(Struct, frozen=True, tag="control_request"):
     request: ControlRequestBody
 
 
+class ToolCall(Struct, frozen=True):
+    """Not a CLI line: the worker reports it when the CLI calls one of the client's tools (`claude.mcp`)."""
+
+    tool_use_id: str  # the model's tool_use block
+    id: str  # the id the client sees
+    name: str
+    arguments: str  # JSON
+    refusal: str | None = None  # why maxproxy answered the call itself with an error (the client never sees it)
+
+
 Event = StreamEvent | Assistant | User | System | Result | RateLimit | ControlResponse | ControlRequest
+TurnEvent = Event | ToolCall  # what a turn's consumer sees
 
 
 class _Envelope(Struct):

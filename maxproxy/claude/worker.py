@@ -22,9 +22,18 @@ from typing import Any
 
 import structlog
 
-from maxproxy import errors
+from maxproxy import errors, tools
 from maxproxy.claude import command
-from maxproxy.claude.events import ControlRequest, ControlResponse, Event, ProtocolError, Result, decode, encode_line
+from maxproxy.claude.events import (
+    ControlRequest,
+    ControlResponse,
+    ProtocolError,
+    Result,
+    TurnEvent,
+    decode,
+    encode_line,
+)
+from maxproxy.claude.mcp import RELIST_TIMEOUT, ToolHost
 from maxproxy.settings import Settings
 
 log = structlog.get_logger("maxproxy.worker")
@@ -147,14 +156,15 @@ class Worker:
         self.last_result: Result | None = None
         self.last_activity = time.monotonic()
         self.idle_since = time.monotonic()
-        self.tap: Callable[[Event], None] | None = None  # sees every turn event (the pool's event bus)
+        self.tap: Callable[[TurnEvent], None] | None = None  # sees every turn event (the pool's event bus)
         self.info: dict[str, Any] = {}  # the `initialize` answer: version, account, models, ...
         self._options = command.Options()
         self.session_id: str | None = None  # the CLI's session (its transcript), as its events report it
         self._prompts: list[str] = []  # uuids of the conversation's prompts: rewinding them, last first, empties it
         self._replayed = False  # the conversation began with replayed history, which cannot be rewound
         self._seen_output = False
-        self._queue: asyncio.Queue[Event | _End | _Tick | _Expired] = asyncio.Queue()
+        self._queue: asyncio.Queue[TurnEvent | _End | _Tick | _Expired] = asyncio.Queue()
+        self.tools = ToolHost(self._write, self._queue.put_nowait)
         self._watch_id = 0
         self._last_event = time.monotonic()
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -339,7 +349,10 @@ class Worker:
                 else:
                     future.set_exception(errors.CLIFailed(f"CLI control request failed: {event.response.error}"))
         elif isinstance(event, ControlRequest):
-            self._refuse(event)
+            if event.request.subtype == "mcp_message" and event.request.server_name == tools.SERVER:
+                self.tools.handle(event)
+            else:
+                self._refuse(event)
         else:
             self._queue.put_nowait(event)
 
@@ -352,7 +365,7 @@ class Worker:
         self._fail_pending("The CLI closed its output before answering")
 
     def _refuse(self, request: ControlRequest) -> None:
-        # maxproxy registers no hooks, MCP servers or permission prompts, so the CLI should never ask; if it does,
+        # maxproxy registers no hooks, other MCP servers or permission prompts, so the CLI should never ask; if it does,
         # answer at once rather than leave it waiting forever.
         log.warning("cli_control_request_refused", worker=self.name, subtype=request.request.subtype)
         answer = {
@@ -380,7 +393,7 @@ class Worker:
 
     # --- turns ---------------------------------------------------------------------------------------------------
 
-    async def next_event(self) -> Event | None:
+    async def next_event(self) -> TurnEvent | None:
         """The next event of the turn being watched (see `_watching`); None for a keepalive tick."""
         while True:
             item = self._queue.get_nowait() if not self._queue.empty() else await self._queue.get()
@@ -450,17 +463,48 @@ class Worker:
             await self.control("apply_flag_settings", settings=options.flag_settings())
             self._options = options
 
+    async def offer(self, toolset: tools.Toolset) -> None:
+        """List these client tools (none: an empty toolset) for the next turn; a change is announced to the CLI and
+        takes effect once it has listed the tools again (measured: at once)."""
+        listed = self.tools.offer(toolset)
+        if listed is None:
+            return
+        notice = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+        await self.control("mcp_message", server_name=tools.SERVER, message=notice)
+        try:
+            await asyncio.wait_for(asyncio.shield(listed), RELIST_TIMEOUT)
+        except TimeoutError:
+            raise errors.CLIFailed(f"The CLI did not list the client's tools again in {RELIST_TIMEOUT:g}s") from None
+
+    @property
+    def waiting(self) -> bool:
+        """The turn stopped at tool calls that the client answers."""
+        return self.in_turn and self.tools.waiting
+
     async def turn(
-        self, lines: Sequence[dict[str, Any]], watchdog: Watchdog, *, tick: float | None = None
-    ) -> AsyncGenerator[Event | None, None]:
+        self,
+        lines: Sequence[dict[str, Any]],
+        watchdog: Watchdog,
+        *,
+        tick: float | None = None,
+        results: dict[str, str] | None = None,
+    ) -> AsyncGenerator[TurnEvent | None, None]:
         """Write one turn's input and yield its events up to and including its `Result` (and None after every
-        `tick` seconds without an event).
+        `tick` seconds without an event). A consumer that stops at a `ToolCall` leaves the turn waiting for it.
 
         `lines` replays earlier history (user lines with `shouldQuery: false`, assistant lines) and ends with the
         querying user line. Each non-querying user line is answered by its own `result` before the next line may be
         written: the CLI queues user lines but appends assistant lines at once, so written back-to-back the history
         would reach the model out of order (protocol note §5.1).
+
+        With `results`, the turn waiting for tool calls goes on: `lines` (user messages the client sent after the
+        results) go first, so that the CLI adds them to the results it is about to get (measured: one turn, the
+        message shown to the model with the results), then the calls are answered.
         """
+        if results is not None:
+            async for event in self._proceed(lines, results, watchdog, tick):
+                yield event
+            return
         # `in_turn` stays set if the consumer stops early, so that the owner interrupts the turn.
         self.in_turn = True
         self.interrupted = False
@@ -475,6 +519,17 @@ class Worker:
                 if line.get("type") == "user" and line.get("shouldQuery") is False:
                     while not isinstance(await self.next_event(), Result):
                         pass
+            while self.in_turn:
+                yield await self._turn_event()
+
+    async def _proceed(
+        self, lines: Sequence[dict[str, Any]], results: dict[str, str], watchdog: Watchdog, tick: float | None
+    ) -> AsyncGenerator[TurnEvent | None, None]:
+        self.lines_written = len(lines) + len(results)
+        async with self._watching(watchdog, tick):
+            for line in lines:
+                await self.send(line)
+            self.tools.answer(results)
             while self.in_turn:
                 yield await self._turn_event()
 
@@ -494,13 +549,14 @@ class Worker:
             self._prompts.append(line["uuid"])
         return line
 
-    async def _turn_event(self) -> Event | None:
+    async def _turn_event(self) -> TurnEvent | None:
         """The next event of the running turn, shown to the tap; the `Result` ends the turn."""
         event = await self.next_event()
         if event is not None and self.tap is not None:
             self.tap(event)
         if isinstance(event, Result):
             self.in_turn = False
+            self.tools.pending.clear()  # whatever still waited, the turn is over
             self.last_result = event
             self.session_id = event.session_id or self.session_id
         return event
