@@ -5,8 +5,10 @@ maxproxy`, real pinned CLI), so that its CPU and memory are measured apart from 
 run: (a) the direct cold CLI, one `claude -p` stream-json process per request — the floor of any spawn-per-request
 proxy; (b) maxproxy: streaming time to first token p50/p95, non-streaming latency, throughput, at concurrency 1, 4
 and 8; CPU seconds per request (maxproxy + its CLI workers); maxproxy's RSS and the total with its workers; and the
-proxy's own CPU per streamed chunk against the CLI's. Timing goals live here, never in the tests. Every request goes
-to 127.0.0.1; every loop is bounded in count.
+proxy's own CPU per streamed chunk against the CLI's; (c) a function-calling round trip (a request with tools gets a
+tool call, the client sends the result): the follow-up's time to first token when it goes on with the waiting CLI
+turn, against the same follow-up replayed into a clean worker (its conversation deleted first). Timing goals live
+here, never in the tests. Every request goes to 127.0.0.1; every loop is bounded in count.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import resource
 import statistics
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +31,31 @@ import msgspec
 from maxproxy.claude import command
 from maxproxy.settings import Settings
 from tests.daemon import daemon
-from tests.fakes.upstream import FakeUpstream, Reply, Text
+from tests.fakes.upstream import FakeUpstream, Received, Reply, Text, ToolUse
 
 TOKENS, DELAY = 50, 0.010
 CONCURRENCY = (1, 4, 8)
 TICKS = os.sysconf("SC_CLK_TCK")
 HELLO = {"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "hi"}]}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+TOOL_CONCURRENCY = (1, 4)
+
+
+def call_tools(received: Received) -> Reply | None:
+    """The fake model calls the tool when it has tools and no tool result yet; otherwise the default answer."""
+    if not received.body.get("tools"):
+        return None
+    content = [m for m in received.messages if m["role"] == "user"][-1]["content"]
+    if isinstance(content, list) and any(b.get("type") == "tool_result" for b in content):
+        return None
+    return Reply(blocks=(ToolUse("get_weather", {"city": "Paris"}),), stop_reason="tool_use")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -155,6 +177,32 @@ async def proxy_complete(http: aiohttp.ClientSession, url: str) -> tuple[float, 
     return total, total, 0
 
 
+async def tool_round_trip(http: aiohttp.ClientSession, url: str, *, replay: bool) -> tuple[float, float, int]:
+    """A request with tools → a tool call → the follow-up with the result: (the follow-up's time to first token,
+    the whole round trip, content chunks)."""
+    started = time.perf_counter()
+    history: list[dict[str, object]] = [{"role": "user", "content": f"Weather in Paris? ({uuid.uuid4().hex})"}]
+    async with http.post(url, json={**HELLO, "messages": history, "tools": [WEATHER]}) as response:
+        assert response.status == 200, await response.text()
+        message = (await response.json())["choices"][0]["message"]
+        session = response.headers["x-session-id"]
+    if replay:  # no conversation to go on with: the follow-up is replayed into a clean worker
+        async with http.delete(url.replace("/chat/completions", f"/sessions/{session}")) as response:
+            assert response.status == 200
+    [call] = message["tool_calls"]
+    history += [message, {"role": "tool", "tool_call_id": call["id"], "content": "22C, sunny"}]
+    sent = time.perf_counter()
+    first, chunks = 0.0, 0
+    body = {**HELLO, "messages": history, "tools": [WEATHER], "stream": True}
+    async with http.post(url, json=body) as response:
+        assert response.status == 200, await response.text()
+        async for raw in response.content:
+            if raw.startswith(b"data: {") and b'"delta":{"content":' in raw:
+                chunks += 1
+                first = first or time.perf_counter() - sent
+    return first, time.perf_counter() - started, chunks
+
+
 Run = Callable[[], Awaitable[tuple[float, float, int]]]
 
 
@@ -205,7 +253,9 @@ async def wait_warm(server: Server, workers: int) -> None:
 
 
 async def main(requests: int) -> None:
-    upstream = FakeUpstream(default=Reply(blocks=(Text(tuple(f"tok{i} " for i in range(TOKENS))),), delay=DELAY))
+    upstream = FakeUpstream(
+        default=Reply(blocks=(Text(tuple(f"tok{i} " for i in range(TOKENS))),), delay=DELAY), responder=call_tools
+    )
     await upstream.start()
     home = Path(tempfile.mkdtemp(prefix="maxproxy-bench-"))
     env = {
@@ -257,6 +307,11 @@ async def main(requests: int) -> None:
                         "maxproxy non-stream", lambda: proxy_complete(http, server.url), requests, concurrency, server
                     )
                 )
+            for concurrency in TOOL_CONCURRENCY:
+                for replay in (False, True):
+                    name = "tool follow-up " + ("replayed" if replay else "continued")
+                    run = lambda replay=replay: tool_round_trip(http, server.url, replay=replay)  # noqa: E731
+                    rows.append(await measure(name, run, requests, concurrency, server))
             memory = server.rss()
         proc.terminate()
         async with asyncio.timeout(60):
@@ -277,6 +332,13 @@ def report(rows: list[dict[str, object]], memory: tuple[int, int]) -> None:
     def pick(case: str, c: int, column: str) -> float:
         return float(str(next(r for r in rows if r["case"] == case and r["c"] == c)[column]))
 
+    for c in TOOL_CONCURRENCY:
+        continued = pick("tool follow-up continued", c, "ttft_p50_ms")
+        replayed = pick("tool follow-up replayed", c, "ttft_p50_ms")
+        print(
+            f"concurrency {c}: tool follow-up TTFT p50 {continued:.0f} ms on the waiting turn, "
+            f"{replayed:.0f} ms replayed ({replayed / continued:.1f}x)"
+        )
     for c in CONCURRENCY:
         cold, warm = "direct cold CLI", "maxproxy stream"
         ttft = pick(warm, c, "ttft_p50_ms") / pick(cold, c, "ttft_p50_ms")

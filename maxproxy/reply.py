@@ -63,7 +63,7 @@ class Assembler:
         self.result: Result | None = None
         self.rate_limit: RateLimitInfo | None = None
         self.init: System | None = None
-        self.finish_reason: FinishReason = "stop"
+        self._finish_reason: FinishReason = "stop"
         self.stop_requested = False  # the output limit was hit: the caller interrupts the CLI's auto-continuation
         self.error: errors.ProxyError | None = None
         self.sent_text = False
@@ -117,7 +117,7 @@ class Assembler:
             return self._text(message_id, event.index or 0, event.delta.text or "")
         elif kind == "message_delta":
             if event.delta is not None and event.delta.stop_reason == "max_tokens" and not self.stop_requested:
-                self.finish_reason = "length"
+                self._finish_reason = "length"
                 self.stop_requested = True
             if event.delta is not None and event.delta.stop_reason == "tool_use":
                 self._tool_stop = message_id
@@ -135,6 +135,10 @@ class Assembler:
         known.extend(b.id for b in blocks if b.type == "tool_use" and b.id and b.id not in known)
         if stop_reason == "tool_use":  # a message that never streamed (the CLI's non-streaming fallback)
             self._tool_stop = message_id
+
+    @property
+    def finish_reason(self) -> FinishReason:
+        return "tool_calls" if self.suspended else self._finish_reason
 
     @property
     def suspended(self) -> bool:
@@ -352,7 +356,7 @@ def completion(completion_id: str, created: int, model: str, assembler: Assemble
 
 
 def _message(assembler: Assembler) -> ResponseMessage:
-    if not assembler.calls:
+    if not assembler.suspended:
         return ResponseMessage(content=assembler.text)
     message = assembler.message()
     return ResponseMessage(content=assembler.text or None, tool_calls=message.tool_calls or [])

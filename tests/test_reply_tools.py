@@ -179,7 +179,7 @@ def test_a_continuation_counts_its_own_model_calls_not_the_whole_turn(
 
 def test_the_completion_carries_the_calls_and_no_content() -> None:
     assembler = fed(start("m1"), tool_use("m1", "tu1"), stop("m1"), accepted("tu1"))
-    assembler.finish_reason = "tool_calls"  # what the route sets once the answer is suspended
+    assert assembler.finish_reason == "tool_calls"
     body = json.loads(reply.completion("chatcmpl-1", 1, "claude-sonnet-4", assembler))
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"

@@ -204,7 +204,6 @@ class Answer:
 
     def _finish_access(self) -> None:
         if self.assembler.suspended:
-            self.assembler.finish_reason = "tool_calls"
             self.access.tool_calls = len(self.assembler.calls)
         usage = self.assembler.usage()
         self.access.prompt_tokens = usage.prompt_tokens
