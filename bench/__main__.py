@@ -22,7 +22,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,15 +156,22 @@ async def direct_cli(settings: Settings) -> tuple[float, float, int]:
     return first, time.perf_counter() - started, deltas
 
 
-async def proxy_stream(http: aiohttp.ClientSession, url: str) -> tuple[float, float, int]:
+async def stream(http: aiohttp.ClientSession, url: str, body: Mapping[str, object]) -> tuple[float, int]:
+    """One streamed answer: (seconds to its first content chunk, content chunks)."""
     started = time.perf_counter()
     first, chunks = 0.0, 0
-    async with http.post(url, json={**HELLO, "stream": True}) as response:
+    async with http.post(url, json={**body, "stream": True}) as response:
         assert response.status == 200, await response.text()
         async for raw in response.content:
             if raw.startswith(b"data: {") and b'"delta":{"content":' in raw:
                 chunks += 1
                 first = first or time.perf_counter() - started
+    return first, chunks
+
+
+async def proxy_stream(http: aiohttp.ClientSession, url: str) -> tuple[float, float, int]:
+    started = time.perf_counter()
+    first, chunks = await stream(http, url, HELLO)
     return first, time.perf_counter() - started, chunks
 
 
@@ -191,15 +198,7 @@ async def tool_round_trip(http: aiohttp.ClientSession, url: str, *, replay: bool
             assert response.status == 200
     [call] = message["tool_calls"]
     history += [message, {"role": "tool", "tool_call_id": call["id"], "content": "22C, sunny"}]
-    sent = time.perf_counter()
-    first, chunks = 0.0, 0
-    body = {**HELLO, "messages": history, "tools": [WEATHER], "stream": True}
-    async with http.post(url, json=body) as response:
-        assert response.status == 200, await response.text()
-        async for raw in response.content:
-            if raw.startswith(b"data: {") and b'"delta":{"content":' in raw:
-                chunks += 1
-                first = first or time.perf_counter() - sent
+    first, chunks = await stream(http, url, {**HELLO, "messages": history, "tools": [WEATHER]})
     return first, time.perf_counter() - started, chunks
 
 
