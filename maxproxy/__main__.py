@@ -14,8 +14,9 @@ from aiohttp import web
 
 from maxproxy import __version__, logs
 from maxproxy.app import create_app
+from maxproxy.keys import KeysError
 from maxproxy.settings import Settings, SettingsError, load
-from maxproxy.state import POOL
+from maxproxy.state import KEYS, POOL
 
 log = structlog.get_logger("maxproxy")
 
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(settings: Settings) -> None:
     app = create_app(settings)
+    keys = app[KEYS]
     # handler_cancellation: a client that disconnects cancels its handler, which stops its CLI turn at once.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
@@ -51,6 +53,7 @@ async def serve(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, keys.reload)  # the keys file, again (also picked up on change)
         await stop.wait()
         # New requests get 503 from here on; turns in flight get `shutdown_timeout` to finish.
         log.info("stopping", drain_seconds=settings.shutdown_timeout)
@@ -70,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
+    except KeysError as exc:
+        print(f"maxproxy: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"maxproxy: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

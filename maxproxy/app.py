@@ -1,5 +1,6 @@
 """`create_app(settings)`: the aiohttp application — routes, middlewares, and one cleanup context per resource
-(the CLI probe, the worker pool, the conversation store with its sweeps). Nothing happens at import time.
+(the keys file watch, the CLI probe, the worker pool, the store, conversations with their sweeps, usage). Nothing
+happens at import time; a keys file that cannot be used stops `create_app` with `KeysError`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ from aiohttp import web
 
 from maxproxy.api.middleware import auth_middleware, context_middleware, origin_middleware
 from maxproxy.api.routes import routes
+from maxproxy.breaker import Breaker
 from maxproxy.bus import Bus
 from maxproxy.claude.probe import CliStatus, probe
 from maxproxy.errors import error_middleware
+from maxproxy.keys import Keyring
+from maxproxy.metrics import Metrics
 from maxproxy.pool import Pool
+from maxproxy.quota import Quotas
 from maxproxy.sessions import Sessions
 from maxproxy.settings import Settings
-from maxproxy.state import BUS, CLI, POOL, SESSIONS, SETTINGS
-from maxproxy.store import Store
+from maxproxy.state import BREAKER, BUS, CLI, KEYS, LEDGER, METRICS, POOL, QUOTAS, SESSIONS, SETTINGS, STORE
+from maxproxy.store import Store, UsageStore
+from maxproxy.usage import Ledger
 
 log = structlog.get_logger("maxproxy.app")
 
@@ -43,25 +49,49 @@ async def _cli_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _keys_ctx(app: web.Application) -> AsyncIterator[None]:
+    watch = asyncio.create_task(app[KEYS].watch(), name="keys-watch")
+    try:
+        yield
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+
+
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = app[POOL] = Pool(app[SETTINGS], app[BUS])
+    metrics = app[METRICS]
+    pool.on_wait = lambda family, seconds: metrics.queue_wait.labels(family).observe(seconds)
+    metrics.watch(pool, app[BREAKER])
     await pool.start()
     yield
     await pool.close()
 
 
-async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    store = Store(settings.state_path / "sessions.sqlite3")
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE] = Store(app[SETTINGS].state_path / "sessions.sqlite3")
     await store.open()
-    sessions = app[SESSIONS] = Sessions(settings, store, app[POOL])
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    sessions = app[SESSIONS] = Sessions(app[SETTINGS], app[STORE], app[POOL])
     sweeps = asyncio.create_task(sessions.run_sweeps(), name="session-sweeps")
     try:
         yield
     finally:
         sweeps.cancel()
         await asyncio.gather(sweeps, return_exceptions=True)
-        await store.close()
+
+
+async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
+    ledger = app[LEDGER] = Ledger(UsageStore(app[STORE]))
+    await ledger.load()
+    app[QUOTAS] = Quotas(ledger)
+    yield
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -70,8 +100,11 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[context_middleware, error_middleware, origin_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
+    app[KEYS] = Keyring(settings)
     app[BUS] = Bus()
+    app[BREAKER] = Breaker(settings)
+    app[METRICS] = Metrics(set(settings.model_table))
     app[CLI] = CliStatus(path=settings.cli_path, error="starting")
-    app.cleanup_ctx.extend([_cli_ctx, _pool_ctx, _sessions_ctx])
+    app.cleanup_ctx.extend([_keys_ctx, _cli_ctx, _pool_ctx, _store_ctx, _sessions_ctx, _usage_ctx])
     app.add_routes(routes)
     return app

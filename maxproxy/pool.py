@@ -1,14 +1,18 @@
 """The pool owns every CLI worker and lends them to requests: `async with pool.acquire(launch, family) as lease`.
 
 Admission first: a request needs a slot, under its model family's limit and the global `max_workers`; over them it
-waits in one FIFO queue (bounded per family by `queue_max` and in time by `queue_timeout`, then 429 with
-`Retry-After`), and a cancelled waiter gives its place back. Then a worker: an idle warm one started with the same
-`Launch`, else a new one (room is made by stopping the least recently used idle worker), so processes never exceed
-`max_workers`. When the request is done — however it ended — a pool-owned task takes the worker back: an unfinished
-turn is interrupted and drained (or the worker killed when that takes longer than `interrupt_timeout`), the
-conversation is rewound to nothing, and the worker goes idle again — unless it crashed, ended its turn with an
-error, served `worker_max_turns` turns, grew past `worker_max_rss_mb`, or held a replayed history that cannot be
-rewound without a trace: then it is replaced by a fresh process.
+waits in one queue (bounded per family by `queue_max` and in time by `queue_timeout`, then 429 with `Retry-After`),
+and a cancelled waiter gives its place back. The queue is fair between API keys (start-time fair queuing): each
+request gets a tag one past the later of its key's previous tag and the tag last served, and the lowest tag goes
+first, so a key that floods the queue does not starve the others — two busy keys get a slot in turn.
+
+Then a worker: an idle warm one started with the same `Launch`, else a new one (room is made by stopping the least
+recently used idle worker), so processes never exceed `max_workers`. When the request is done — however it ended —
+a pool-owned task takes the worker back: it stays with its conversation (or with its turn that waits for the
+client's tool results), or an unfinished turn is interrupted and drained (or the worker killed when that takes
+longer than `interrupt_timeout`), the conversation is rewound to nothing, and the worker goes idle again — unless it
+crashed, ended its turn with an error, served `worker_max_turns` turns, grew past `worker_max_rss_mb`, or held a
+replayed history that cannot be rewound without a trace: then it is replaced by a fresh process.
 
 A maintainer task keeps `min_idle` workers ready for each of `warm_models`, retires idle workers after
 `idle_timeout`, and backs off (503 + `Retry-After`, `/health` not ready) when workers keep failing to start. Worker
@@ -24,7 +28,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +87,11 @@ class ResumeFailed(errors.CLIUnavailable):
 
 
 class _Waiter:
-    __slots__ = ("family", "future")
+    __slots__ = ("family", "future", "tag")
 
-    def __init__(self, family: str) -> None:
+    def __init__(self, family: str, tag: float) -> None:
         self.family = family
+        self.tag = tag
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
@@ -104,6 +109,9 @@ class Pool:
         self._busy_total = 0
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._queued: collections.Counter[str] = collections.Counter()
+        self._served: dict[str, float] = {}  # family → the tag served last (the fair queue's clock)
+        self._tags: dict[tuple[str, str], float] = {}  # (family, key) → the key's latest tag
+        self.on_wait: Callable[[str, float], None] | None = None  # (family, seconds waited for a slot): metrics
         self._turn_seconds: dict[str, float] = {}
         self._failures = 0
         self._backoff_until = 0.0
@@ -131,6 +139,21 @@ class Pool:
     @property
     def queued(self) -> int:
         return len(self._waiters)
+
+    def queue_depths(self) -> dict[str, int]:
+        return {family: n for family, n in self._queued.items() if n}
+
+    def states(self) -> dict[str, int]:
+        """Worker processes by state."""
+        waiting = sum(1 for w in self._held.values() if w.waiting)
+        return {
+            "busy": self._busy_total,
+            "idle": sum(len(workers) for workers in self._idle.values()),
+            "holding": len(self._held) - waiting,  # idle, keeping a conversation for its next turn
+            "waiting_for_tools": waiting,
+            "starting": len(self._starting),
+            "stopping": len(self._stopping),
+        }
 
     @property
     def backoff_seconds(self) -> float:
@@ -197,10 +220,11 @@ class Pool:
         model: str = "",
         conversation: str | None = None,
         resume: str | None = None,
+        key: str = "",
     ) -> AsyncIterator[Lease]:
-        """A worker for one turn: the one still holding `conversation` if there is one, else one started on the CLI
-        session `resume`, else a clean one."""
-        await self._admit(family)
+        """A worker for one turn of API key `key`: the one still holding `conversation` if there is one, else one
+        started on the CLI session `resume`, else a clean one."""
+        await self._admit(family, key)
         worker: Worker | None = None
         lease: Lease | None = None
         try:
@@ -248,25 +272,37 @@ class Pool:
         self._grant()
 
     def _grant(self) -> None:
-        for waiter in list(self._waiters):
-            if waiter.future.done():
+        while True:
+            for waiter in [w for w in self._waiters if w.future.done()]:
                 self._waiters.remove(waiter)
-            elif self._can_run(waiter.family):
-                self._waiters.remove(waiter)
-                self._queued[waiter.family] -= 1
-                self._take_slot(waiter.family)
-                waiter.future.set_result(None)
+            runnable = [w for w in self._waiters if self._can_run(w.family)]
+            if not runnable:
+                return
+            waiter = min(runnable, key=lambda w: w.tag)  # min() keeps the first of equal tags: FIFO among them
+            self._waiters.remove(waiter)
+            self._queued[waiter.family] -= 1
+            self._take_slot(waiter.family)
+            self._served[waiter.family] = max(self._served.get(waiter.family, 0.0), waiter.tag)
+            waiter.future.set_result(None)
+
+    def _tag(self, family: str, key: str) -> float:
+        tag = max(self._served.get(family, 0.0), self._tags.get((family, key), 0.0)) + 1.0
+        self._tags[(family, key)] = tag
+        return tag
 
     def _retry_after(self, family: str) -> float:
         per_turn = self._turn_seconds.get(family, 5.0)
         ahead = self._queued[family] + 1
         return min(60.0, max(1.0, per_turn * ahead / self.settings.limits.of(family)))
 
-    async def _admit(self, family: str) -> None:
+    async def _admit(self, family: str, key: str) -> None:
         if self.draining:
             raise errors.Unavailable("maxproxy is shutting down", retry_after=5)
         if self._can_run(family) and not any(w.family == family for w in self._waiters):
             self._take_slot(family)
+            self._served[family] = self._tag(family, key)
+            if self.on_wait is not None:
+                self.on_wait(family, 0.0)
             return
         if self._queued[family] >= self.settings.queue_max:
             raise errors.RateLimited(
@@ -274,12 +310,15 @@ class Pool:
                 retry_after=self._retry_after(family),
                 code="queue_full",
             )
-        waiter = _Waiter(family)
+        waiter = _Waiter(family, self._tag(family, key))
         self._waiters.append(waiter)
         self._queued[family] += 1
+        queued = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.queue_timeout):
                 await waiter.future
+            if self.on_wait is not None:
+                self.on_wait(family, time.monotonic() - queued)
         except BaseException as exc:
             granted = waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None
             if not granted and waiter in self._waiters:

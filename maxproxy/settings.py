@@ -128,6 +128,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     session_wait: Seconds = 60.0  # ... for at most this long, then 409
     session_ttl_days: Annotated[float, Meta(gt=0)] = 30.0  # unused this long, a conversation and its transcript go
     api_keys: list[str] = []
+    # Named API keys with per-key limits (`[keys.NAME]` tables in a TOML file; README "Several bots"), reloaded on
+    # SIGHUP and when the file changes.
+    keys_file: str = ""
+    # The subscription breaker: extra usage (billed beyond the plan) is never spent unless this is true; a limit
+    # answer without a reset time keeps the breaker open this long.
+    allow_extra_usage: bool = False
+    breaker_seconds: Seconds = 600.0
     cors_origins: list[str] = []  # browser Origins allowed to call the API; empty = none
     models: dict[str, Model] = {}
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -157,6 +164,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         if PROJECT_CLI.exists():
             return str(PROJECT_CLI)
         return shutil.which("claude") or "claude"
+
+    @property
+    def keys_path(self) -> Path | None:
+        return Path(self.keys_file).expanduser() if self.keys_file else None
 
     @property
     def loopback(self) -> bool:
@@ -241,10 +252,10 @@ def load(
 
 def check(settings: Settings) -> None:
     """Rules that span settings; every one of them is about safety."""
-    if not settings.loopback and not settings.api_keys:
+    if not settings.loopback and not settings.api_keys and not settings.keys_file:
         raise SettingsError(
-            f"invalid setting `host`: refusing to listen on {settings.host} without `api_keys` "
-            f"(set {ENV_PREFIX}API_KEYS, or bind 127.0.0.1)"
+            f"invalid setting `host`: refusing to listen on {settings.host} without API keys "
+            f"(set {ENV_PREFIX}KEYS_FILE or {ENV_PREFIX}API_KEYS, or bind 127.0.0.1)"
         )
     if any(not key.strip() for key in settings.api_keys):
         raise SettingsError("invalid setting `api_keys`: a key is empty")

@@ -8,23 +8,36 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from maxproxy.breaker import Breaker
 from maxproxy.bus import Bus
 from maxproxy.claude.probe import CliStatus
+from maxproxy.keys import Key, Keyring
+from maxproxy.metrics import Metrics
 from maxproxy.pool import Pool
+from maxproxy.quota import Quotas
 from maxproxy.sessions import Sessions
 from maxproxy.settings import Settings
+from maxproxy.store import Store
+from maxproxy.usage import Ledger
 
 SETTINGS = web.AppKey("settings", Settings)
 SESSIONS = web.AppKey("sessions", Sessions)
 POOL = web.AppKey("pool", Pool)
 CLI = web.AppKey("cli", CliStatus)
 BUS = web.AppKey("bus", Bus)
+KEYS = web.AppKey("keys", Keyring)
+STORE = web.AppKey("store", Store)
+LEDGER = web.AppKey("ledger", Ledger)
+QUOTAS = web.AppKey("quotas", Quotas)
+BREAKER = web.AppKey("breaker", Breaker)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 @dataclass
 class Access:
     """What the access line says about one request beyond method, path, status and duration."""
 
+    key: str | None = None  # the API key's name
     model: str | None = None
     stream: bool | None = None
     ttft_ms: float | None = None
@@ -38,4 +51,5 @@ class Access:
 
 
 ACCESS = web.RequestKey("access", Access)
+KEY = web.RequestKey("key", Key)  # the caller's API key (`keys.LOCAL` when none are configured)
 OWNER = web.RequestKey("owner", str)  # whose conversations a request may see: a digest of its API key

@@ -1,7 +1,8 @@
-"""The conversation store: embedded SQLite (WAL) in the state directory, so that conversations outlive a restart or a
-`kill -9` of maxproxy. A row maps a conversation (owner, the client's name for it or none, the hash of its history
-after the last turn) to the CLI session that holds it, whether that session can still be resumed, its model and its
-use. Queries are small and indexed; they run on a worker thread so the event loop never waits on the disk.
+"""The store: embedded SQLite (WAL) in the state directory, so that conversations and usage outlive a restart or a
+`kill -9` of maxproxy. A conversation row maps a conversation (owner, the client's name for it or none, the hash of
+its history after the last turn) to the CLI session that holds it, whether that session can still be resumed, its
+model and its use. A usage row sums one API key's requests, tokens and cost for one model on one UTC day. Queries are
+small and indexed; they run on a worker thread so the event loop never waits on the disk.
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ CREATE TABLE IF NOT EXISTS conversations (
 CREATE UNIQUE INDEX IF NOT EXISTS conversations_by_name ON conversations(owner, name) WHERE name IS NOT NULL;
 CREATE INDEX IF NOT EXISTS conversations_by_head ON conversations(owner, head) WHERE name IS NULL;
 CREATE INDEX IF NOT EXISTS conversations_by_use ON conversations(last_used);
+CREATE TABLE IF NOT EXISTS usage (
+    day TEXT NOT NULL,
+    key TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, key, model)
+);
 """
 
 
@@ -147,6 +159,62 @@ class Store:
     async def expired(self, before: float) -> list[Conversation]:
         rows = await self._run(_SELECT + " WHERE last_used < ?", (before,))
         return [_row(r) for r in rows]
+
+
+class UsageRow(msgspec.Struct):
+    day: str  # YYYY-MM-DD, UTC
+    key: str
+    model: str
+    requests: int = 0
+    input_tokens: int = 0  # prompt tokens not read from the cache (cache writes included)
+    cached_tokens: int = 0  # prompt tokens read from the cache
+    output_tokens: int = 0
+    cost_usd: float = 0.0  # as the CLI reports it
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.cached_tokens + self.output_tokens
+
+
+_USAGE_COLUMNS = "day, key, model, requests, input_tokens, cached_tokens, output_tokens, cost_usd"
+
+
+class UsageStore:
+    """The usage rows of a `Store` (same database, same connection)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def add(self, row: UsageRow) -> None:
+        await self._store._run(
+            "INSERT INTO usage (day, key, model, requests, input_tokens, cached_tokens, output_tokens, cost_usd) "
+            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (day, key, model) DO UPDATE "
+            "SET requests=requests+excluded.requests, input_tokens=input_tokens+excluded.input_tokens, "
+            "cached_tokens=cached_tokens+excluded.cached_tokens, output_tokens=output_tokens+excluded.output_tokens, "
+            "cost_usd=cost_usd+excluded.cost_usd",
+            (
+                row.day,
+                row.key,
+                row.model,
+                row.requests,
+                row.input_tokens,
+                row.cached_tokens,
+                row.output_tokens,
+                row.cost_usd,
+            ),
+        )
+
+    async def since(self, day: str, key: str | None = None) -> list[UsageRow]:
+        sql = (
+            "SELECT day, key, model, requests, input_tokens, cached_tokens, output_tokens, cost_usd FROM usage "
+            "WHERE day >= ?"
+        )
+        args: tuple[object, ...] = (day,)
+        if key is not None:
+            sql, args = sql + " AND key = ?", (day, key)
+        rows = await self._store._run(sql + " ORDER BY day, key, model", args)
+        names = _USAGE_COLUMNS.split(", ")
+        return [msgspec.convert(dict(zip(names, r, strict=True)), UsageRow, strict=False) for r in rows]
 
 
 def new_conversation(owner: str, name: str | None, model: str, launch: str) -> Conversation:

@@ -79,7 +79,7 @@ def test_unknown_setting_in_the_file_is_refused(tmp_path: Path) -> None:
 
 def test_non_loopback_bind_needs_api_keys(tmp_path: Path) -> None:
     env = {"XDG_CONFIG_HOME": str(tmp_path)}
-    with pytest.raises(SettingsError, match="without `api_keys`"):
+    with pytest.raises(SettingsError, match="without API keys"):
         load(env=env, host="0.0.0.0")
     assert load(env={**env, "MAXPROXY_API_KEYS": "k"}, host="0.0.0.0").host == "0.0.0.0"
     assert load(env=env, host="::1").loopback
@@ -107,4 +107,4 @@ def test_command_line_stops_with_one_line_on_a_bad_setting(tmp_path: Path) -> No
     assert "`port`" in done.stderr
     refused = run_cli("--host", "0.0.0.0", env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert refused.returncode == 2
-    assert "without `api_keys`" in refused.stderr
+    assert "without API keys" in refused.stderr

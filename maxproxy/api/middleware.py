@@ -5,7 +5,6 @@ disconnects), error rendering (`errors.error_middleware`), browser-origin policy
 from __future__ import annotations
 
 import asyncio
-import hmac
 import re
 import secrets
 import time
@@ -16,7 +15,8 @@ from aiohttp import web
 from maxproxy import errors
 from maxproxy.conversation import owner_of
 from maxproxy.errors import Handler
-from maxproxy.state import ACCESS, OWNER, SETTINGS, Access
+from maxproxy.keys import LOCAL
+from maxproxy.state import ACCESS, KEY, KEYS, METRICS, OWNER, SETTINGS, Access
 
 log = structlog.get_logger("maxproxy.access")
 
@@ -44,6 +44,8 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = 499  # the client went away (nginx's convention)
         raise
     finally:
+        if request.path == "/v1/chat/completions":
+            request.app[METRICS].request(access, status, time.monotonic() - started)
         log.info(
             "request",
             method=request.method,
@@ -99,19 +101,18 @@ async def origin_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = request.app[SETTINGS].api_keys
+    keyring = request.app[KEYS]
     request[OWNER] = owner_of(None)
-    if not keys or request.path in OPEN_PATHS:
+    request[KEY] = LOCAL
+    if not keyring.enabled or request.path in OPEN_PATHS:
         return await handler(request)
     scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
-    token = supplied.strip().encode()
-    # Compare against every key, always, in constant time per key: no early exit tells which prefix matched.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(token, key.encode())
-    if scheme.lower() != "bearer" or not matched:
+    key = keyring.authenticate(supplied.strip()) if scheme.lower() == "bearer" else None
+    if key is None:
         raise errors.AuthenticationFailed(
-            "Missing or invalid API key: send `Authorization: Bearer <key>` with a key from `api_keys`"
+            "Missing or invalid API key: send `Authorization: Bearer <key>` with a key from the keys file or `api_keys`"
         )
+    request[KEY] = key
+    request[ACCESS].key = key.name
     request[OWNER] = owner_of(supplied.strip())
     return await handler(request)

@@ -1,15 +1,18 @@
-"""The HTTP handlers: `GET /health`, `GET /v1/models[/{id}]` and `POST /v1/chat/completions` (JSON or SSE).
+"""The HTTP handlers: `GET /health`, `GET /v1/models[/{id}]`, `POST /v1/chat/completions` (JSON or SSE),
+`GET/DELETE /v1/sessions`, `GET /v1/usage` and `GET /metrics`.
 
-A chat request is decoded and checked (`schema`), turned into a CLI turn (`prompt`), run on a worker from the pool,
-and its events are turned into the answer (`reply`). Streams hold their response headers until the first token or
-the first keepalive tick, so an error that comes early still gets its real HTTP status; after that an error becomes
-a final `data: {"error": ...}` event before `[DONE]`.
+A chat request is decoded and checked (`schema`), turned into a CLI turn (`prompt`), admitted (the key's model list
+and quotas, the subscription breaker), run on a worker from the pool, and its events are turned into the answer
+(`reply`); its usage is recorded and the breaker reads its rate-limit state. Streams hold their response headers
+until the first token or the first keepalive tick, so an error that comes early still gets its real HTTP status;
+after that an error becomes a final `data: {"error": ...}` event before `[DONE]`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 
 import msgspec
@@ -22,9 +25,24 @@ from maxproxy.api.sse import Stream
 from maxproxy.claude.events import System, ToolCall, TurnEvent
 from maxproxy.claude.worker import Watchdog
 from maxproxy.conversation import identify, split
+from maxproxy.metrics import CONTENT_TYPE
 from maxproxy.pool import Lease, ResumeFailed
 from maxproxy.sessions import Plan
-from maxproxy.state import ACCESS, CLI, OWNER, POOL, SESSIONS, SETTINGS
+from maxproxy.state import (
+    ACCESS,
+    BREAKER,
+    CLI,
+    KEY,
+    KEYS,
+    LEDGER,
+    METRICS,
+    OWNER,
+    POOL,
+    QUOTAS,
+    SESSIONS,
+    SETTINGS,
+)
+from maxproxy.usage import today
 
 log = structlog.get_logger("maxproxy.api")
 routes = web.RouteTableDef()
@@ -60,6 +78,10 @@ async def health(request: web.Request) -> web.Response:
             "error": cli.error,
         },
         "workers": {"busy": pool.busy, "idle": pool.idle, "starting": pool.starting, "queued": pool.queued},
+        "breaker": [
+            {"scope": trip.scope, "until": int(trip.until), "reason": trip.reason}
+            for trip in request.app[BREAKER].state()
+        ],
     }
     headers = {} if ready else {"Retry-After": str(max(1, round(pool.backoff_seconds or 5)))}
     return web.json_response(body, status=200 if ready else 503, headers=headers)
@@ -101,34 +123,40 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     access = request[ACCESS]
     chat = decode(await request.read())
     access.model, access.stream = chat.model, chat.stream
+    key = request[KEY]
+    quotas = request.app[QUOTAS]
+    quotas.check_model(key, chat.model)
     full = prompt.build(chat, request.app[SETTINGS])  # every check on the request, before a conversation is touched
-    sessions = request.app[SESSIONS]
-    identity = identify(chat, request.headers, request[OWNER])
-    parts = split(chat.messages)
-    async with sessions.exclusive(identity, parts):
-        plan = await sessions.plan(identity, chat, parts, full)
-        access.session = plan.record.public_id
-        access.continued = plan.continuing
-        try:
-            return await _run(request, chat, plan)
-        except ResumeFailed as exc:
-            log.warning("session_resume_failed", session=plan.resume, error=exc.message)
-            plan = await sessions.plan(identity, chat, parts, full, replay=True)
-            access.continued = False
-            return await _run(request, chat, plan)
+    request.app[BREAKER].check(full.family)
+    with quotas.admit(key) as limits:
+        sessions = request.app[SESSIONS]
+        identity = identify(chat, request.headers, request[OWNER])
+        parts = split(chat.messages)
+        async with sessions.exclusive(identity, parts):
+            plan = await sessions.plan(identity, chat, parts, full)
+            access.session = plan.record.public_id
+            access.continued = plan.continuing
+            try:
+                return await _run(request, chat, plan, limits)
+            except ResumeFailed as exc:
+                log.warning("session_resume_failed", session=plan.resume, error=exc.message)
+                plan = await sessions.plan(identity, chat, parts, full, replay=True)
+                access.continued = False
+                return await _run(request, chat, plan, limits)
 
 
-async def _run(request: web.Request, chat: ChatRequest, plan: Plan) -> web.StreamResponse:
+async def _run(request: web.Request, chat: ChatRequest, plan: Plan, limits: dict[str, str]) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    headers: dict[str, str] = {"x-session-id": plan.record.public_id}
+    headers: dict[str, str] = {"x-session-id": plan.record.public_id, **limits}
     if ignored := ignored_fields(chat):
         headers["x-maxproxy-ignored-params"] = ",".join(ignored)
     turn = plan.turn
     answer = Answer(request, chat, headers, continuation=turn.results is not None)
     pool = request.app[POOL]
     conversation_id = plan.record.id if plan.continuing else None
+    key = request[KEY].name
     async with pool.acquire(
-        turn.launch, turn.family, model=chat.model, conversation=conversation_id, resume=plan.resume
+        turn.launch, turn.family, model=chat.model, conversation=conversation_id, resume=plan.resume, key=key
     ) as lease:
         sessions = request.app[SESSIONS]
         await sessions.claim(plan, lease)
@@ -142,7 +170,55 @@ async def _run(request: web.Request, chat: ChatRequest, plan: Plan) -> web.Strea
             ended = answer.ended_normally(lease)
         finally:
             await asyncio.shield(sessions.settle(plan, lease, answer.assembler.message() if ended else None))
+            await asyncio.shield(_account(request, chat.model, turn.family, answer, lease))
         return response
+
+
+async def _account(request: web.Request, model: str, family: str, answer: Answer, lease: Lease) -> None:
+    """Record what the answer used, and let the breaker read the turn's rate-limit state."""
+    assembler = answer.assembler
+    request.app[BREAKER].observe(family, assembler.rate_limit, assembler.result)
+    usage = assembler.usage()
+    cost = lease.worker.turn_cost if assembler.result is not None else 0.0
+    if not (usage.total_tokens or cost):
+        return
+    key = request[KEY].name
+    request.app[METRICS].used(key, model, usage, cost)
+    try:
+        await request.app[LEDGER].record(key, model, usage, cost)
+    except Exception:  # the answer stands; only its accounting is lost
+        log.exception("usage_record_failed")
+
+
+@routes.get("/v1/usage")
+async def get_usage(request: web.Request) -> web.Response:
+    """Usage by key, model and UTC day: a key sees its own; an admin key sees every key's (or one: `?key=NAME`)."""
+    key = request[KEY]
+    try:
+        days = int(request.query.get("days", "30"))
+        if not 1 <= days <= 366:
+            raise ValueError
+    except ValueError:
+        raise errors.InvalidRequest("days must be a whole number from 1 to 366", param="days") from None
+    wanted = request.query.get("key")
+    if not key.admin and wanted not in (None, key.name):
+        raise errors.Forbidden("Only an admin key can read other keys' usage", param="key")
+    who = wanted if key.admin else key.name
+    since = (today() - dt.timedelta(days=days - 1)).isoformat()
+    rows = await request.app[LEDGER].rows.since(since, who)
+    data = [{**msgspec.structs.asdict(row), "total_tokens": row.total_tokens} for row in rows]
+    totals = {
+        name: sum(item[name] for item in data)
+        for name in ("requests", "input_tokens", "cached_tokens", "output_tokens", "total_tokens", "cost_usd")
+    }
+    return web.json_response({"object": "list", "since": since, "data": data, "totals": totals})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    if request.app[KEYS].enabled and not request[KEY].admin:
+        raise errors.Forbidden("Metrics need an admin key")
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 @routes.get("/v1/sessions")

@@ -154,6 +154,8 @@ class Worker:
         self.broken = False  # stdout ended or broke protocol: never reuse
         self.interrupted = False  # maxproxy interrupted the current turn on purpose
         self.last_result: Result | None = None
+        self.turn_cost = 0.0  # USD of the last turn: the CLI reports the process's running total in each result
+        self._cost_total = 0.0
         self.last_activity = time.monotonic()
         self.idle_since = time.monotonic()
         self.tap: Callable[[TurnEvent], None] | None = None  # sees every turn event (the pool's event bus)
@@ -558,6 +560,8 @@ class Worker:
             self.in_turn = False
             self.tools.pending.clear()  # whatever still waited, the turn is over
             self.last_result = event
+            total = event.total_cost_usd or 0.0
+            self.turn_cost, self._cost_total = max(0.0, total - self._cost_total), max(total, self._cost_total)
             self.session_id = event.session_id or self.session_id
         return event
 

@@ -1,0 +1,116 @@
+"""`GET /metrics` in the Prometheus text format (prometheus-client, one registry per app): requests by model, key and
+status; time to first token and request duration; queue depth and wait; workers by state; worker starts, recycles
+and crashes; tokens and cost by key and model; the subscription breaker. Counters and histograms are updated as
+requests end; the pool's and the breaker's state is read when the metrics are scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from maxproxy.api.schema import Usage
+from maxproxy.breaker import Breaker
+from maxproxy.pool import Pool
+
+if TYPE_CHECKING:
+    from maxproxy.state import Access
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self, models: set[str]) -> None:
+        self.models = models  # label values come from this set only: a client cannot grow the label space
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "maxproxy_requests", "Chat completion requests answered", ["model", "key", "status"], registry=r
+        )
+        self.ttft = Histogram(
+            "maxproxy_time_to_first_token_seconds",
+            "Streaming requests: time to the first token (or tool call)",
+            ["model"],
+            buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.duration = Histogram(
+            "maxproxy_request_duration_seconds",
+            "Chat completion requests: time to the whole answer",
+            ["model"],
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "maxproxy_queue_wait_seconds",
+            "Time a request waited for a concurrency slot",
+            ["family"],
+            buckets=(0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.tokens = Counter("maxproxy_tokens", "Tokens used", ["key", "model", "kind"], registry=r)
+        self.cost = Counter("maxproxy_cost_usd", "Cost as the CLI reports it", ["key", "model"], registry=r)
+
+    def request(self, access: Access, status: int, seconds: float) -> None:
+        model = access.model if access.model in self.models else "other"
+        self.requests.labels(model, access.key or "local", str(status)).inc()
+        if status < 400:
+            self.duration.labels(model).observe(seconds)
+            if access.ttft_ms is not None:
+                self.ttft.labels(model).observe(access.ttft_ms / 1000)
+
+    def used(self, key: str, model: str, usage: Usage, cost_usd: float) -> None:
+        model = model if model in self.models else "other"
+        cached = usage.prompt_tokens_details.cached_tokens
+        self.tokens.labels(key, model, "input").inc(usage.prompt_tokens - cached)
+        self.tokens.labels(key, model, "cached").inc(cached)
+        self.tokens.labels(key, model, "output").inc(usage.completion_tokens)
+        self.cost.labels(key, model).inc(cost_usd)
+
+    def watch(self, pool: Pool, breaker: Breaker) -> None:
+        """Read the pool's and the breaker's state at every scrape."""
+        self.registry.register(_State(pool, breaker))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _State(Collector):
+    def __init__(self, pool: Pool, breaker: Breaker) -> None:
+        self.pool = pool
+        self.breaker = breaker
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self.pool
+        workers = GaugeMetricFamily("maxproxy_workers", "CLI worker processes by state", labels=["state"])
+        for state, count in pool.states().items():
+            workers.add_metric([state], count)
+        yield workers
+        depth = GaugeMetricFamily("maxproxy_queue_depth", "Requests waiting for a slot", labels=["family"])
+        for family, count in pool.queue_depths().items():
+            depth.add_metric([family], count)
+        yield depth
+        yield CounterMetricFamily("maxproxy_workers_started", "CLI workers started", value=pool.counts["spawned"])
+        yield CounterMetricFamily(
+            "maxproxy_worker_start_failures", "CLI workers that failed to start", value=pool.counts["start_failed"]
+        )
+        yield CounterMetricFamily(
+            "maxproxy_worker_crashes", "CLI workers that died on their own", value=pool.counts["retired:crashed"]
+        )
+        recycles = CounterMetricFamily("maxproxy_worker_recycles", "CLI workers stopped, by reason", labels=["reason"])
+        for name, count in pool.counts.items():
+            if name.startswith("retired:"):
+                recycles.add_metric([name.removeprefix("retired:")], count)
+        yield recycles
+        open_now = {trip.scope for trip in self.breaker.state()}
+        breaker = GaugeMetricFamily(
+            "maxproxy_breaker_open", "1 while the subscription breaker is open for a scope", labels=["scope"]
+        )
+        for scope in sorted(open_now | {"all", "opus", "sonnet", "haiku"}):
+            breaker.add_metric([scope], 1 if scope in open_now else 0)
+        yield breaker
+        yield CounterMetricFamily("maxproxy_breaker_trips", "Times the breaker opened", value=self.breaker.trips)

@@ -1,0 +1,61 @@
+"""Usage accounting: every answer's tokens (and, when the CLI's turn ends, its cost in USD as the CLI reports it) are
+added to the API key's row for that model and UTC day in the store, and kept summed in memory for the keys' token
+budgets. A turn that stops at tool calls counts its model calls in the answer that handed the calls over; the answer
+that finishes the turn counts its own calls and the turn's cost (the CLI reports the cost once, for the whole turn).
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+
+import structlog
+
+from maxproxy.api.schema import Usage
+from maxproxy.store import UsageRow, UsageStore
+
+log = structlog.get_logger("maxproxy.usage")
+
+WINDOW_DAYS = 7  # the longest budget window (weekly_tokens)
+
+
+def today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def seconds_to_midnight() -> float:
+    now = dt.datetime.now(dt.UTC)
+    midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    return (midnight - now).total_seconds()
+
+
+class Ledger:
+    def __init__(self, rows: UsageStore) -> None:
+        self.rows = rows
+        self._tokens: collections.Counter[tuple[str, str]] = collections.Counter()  # (key, day) → tokens
+
+    async def load(self) -> None:
+        """Read the budget window's totals (they survive restarts)."""
+        since = (today() - dt.timedelta(days=WINDOW_DAYS)).isoformat()
+        for row in await self.rows.since(since):
+            self._tokens[(row.key, row.day)] += row.total_tokens
+
+    async def record(self, key: str, model: str, usage: Usage, cost_usd: float, *, request: bool = True) -> None:
+        cached = usage.prompt_tokens_details.cached_tokens
+        row = UsageRow(
+            day=today().isoformat(),
+            key=key,
+            model=model,
+            requests=int(request),
+            input_tokens=usage.prompt_tokens - cached,
+            cached_tokens=cached,
+            output_tokens=usage.completion_tokens,
+            cost_usd=cost_usd,
+        )
+        self._tokens[(key, row.day)] += row.total_tokens
+        await self.rows.add(row)
+
+    def spent(self, key: str, days: int) -> int:
+        """Tokens the key used today and the `days - 1` days before (UTC)."""
+        first = today()
+        return sum(self._tokens[(key, (first - dt.timedelta(days=n)).isoformat())] for n in range(days))
