@@ -69,12 +69,13 @@ class Breaker:
         reset = info.resetsAt if info is not None and info.resetsAt else None
         scope = _scope(info.rateLimitType if info is not None else None, family)
         kind = (info.rateLimitType if info is not None else None) or "usage"
-        if info is not None and info.isUsingOverage:
-            if not self.settings.allow_extra_usage:  # served, and billed, beyond the plan
-                self._trip(scope, reset, f"the plan's {kind} limit is reached and answers are billed as extra usage")
-        elif info is not None and info.status == "rejected":
+        overage = info is not None and bool(info.isUsingOverage)
+        if overage and not self.settings.allow_extra_usage:  # served, and billed, beyond the plan
+            self._trip(scope, reset, f"the plan's {kind} limit is reached and answers are billed as extra usage")
+        elif info is not None and info.status == "rejected" and not overage:
             self._trip(scope, reset, f"the plan's {kind} limit is reached")
-        elif result is not None and result.is_error:
+        # An answer served from allowed extra usage is fine; the plan's or the extra usage's end is not.
+        if result is not None and result.is_error:
             text = result.result or " ".join(result.errors or [])
             if result.api_error_status == 429 and _USAGE_LIMIT.search(text):
                 self._trip(scope, reset, text.strip())

@@ -22,6 +22,7 @@ class TurnRef(msgspec.Struct, frozen=True):
     request_id: str | None
     model: str
     worker: str
+    key: str = ""  # the API key's name (which bot)
 
 
 class TurnEnd(msgspec.Struct, frozen=True):

@@ -97,7 +97,7 @@ def read(path: Path, models: set[str]) -> tuple[Key, ...]:
         keys.append(
             Key(
                 name=name,
-                digest=entry.key_sha256.lower() if entry.key_sha256 else digest(entry.key or ""),
+                digest=entry.key_sha256.lower() if entry.key_sha256 else digest((entry.key or "").strip()),
                 models=frozenset(entry.models) if entry.models is not None else None,
                 max_concurrent=entry.max_concurrent,
                 rpm=entry.rpm,
@@ -112,6 +112,18 @@ def read(path: Path, models: set[str]) -> tuple[Key, ...]:
     return tuple(keys)
 
 
+def _merge(plain: tuple[Key, ...], listed: tuple[Key, ...], path: Path) -> tuple[Key, ...]:
+    """The `api_keys` and the file's keys together: names and secrets must not collide (quotas and usage go by
+    name; a secret in both would silently take the file key's limits)."""
+    taken = {k.name for k in plain} | {LOCAL.name}
+    for key in listed:
+        if key.name in taken:
+            raise KeysError(f"keys file {path}: [keys.{key.name}]: the name {key.name!r} is reserved")
+    if {k.digest for k in plain} & {k.digest for k in listed}:
+        raise KeysError(f"keys file {path}: a key has the same secret as one of `api_keys`")
+    return plain + listed
+
+
 class Keyring:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -123,7 +135,7 @@ class Keyring:
         self._stamp: tuple[int, int] | None = None
         self.keys: tuple[Key, ...] = self._plain
         if self.path is not None:
-            self.keys = self._plain + read(self.path, set(settings.model_table))  # a bad file stops the start
+            self.keys = _merge(self._plain, read(self.path, set(settings.model_table)), self.path)  # or no start
             self._stamp = self._stat()
         if not settings.loopback and not self.keys:
             raise KeysError(f"refusing to listen on {settings.host}: the keys file {self.path} has no keys")
@@ -147,15 +159,15 @@ class Keyring:
             return False
         self._stamp = self._stat()
         try:
-            keys = read(self.path, set(self.settings.model_table))
+            keys = _merge(self._plain, read(self.path, set(self.settings.model_table)), self.path)
         except KeysError as exc:
             log.error("keys_reload_failed", error=str(exc))
             return False
-        if not self.settings.loopback and not (self._plain + keys):
+        if not self.settings.loopback and not keys:
             log.error("keys_reload_failed", error="the keys file has no keys; keeping the keys in force")
             return False
-        self.keys = self._plain + keys
-        log.info("keys_loaded", path=str(self.path), keys=len(keys))
+        self.keys = keys
+        log.info("keys_loaded", path=str(self.path), keys=len(keys) - len(self._plain))
         return True
 
     def _stat(self) -> tuple[int, int] | None:

@@ -242,7 +242,11 @@ class Pool:
             lent = time.monotonic()
             request_id = structlog.contextvars.get_contextvars().get("request_id")
             ref = TurnRef(
-                turn_id=uuid.uuid4().hex[:16], request_id=request_id, model=model or launch.model, worker=worker.name
+                turn_id=uuid.uuid4().hex[:16],
+                request_id=request_id,
+                model=model or launch.model,
+                worker=worker.name,
+                key=key,
             )
             worker.tap = lambda event: self.bus.publish(ref, event)
             lease = Lease(worker)

@@ -21,7 +21,7 @@ WINDOW = 60.0  # rpm's window
 
 def duration(seconds: float) -> str:
     """OpenAI's reset format: "450ms", "12s", "6m0s", "2h3m4s"."""
-    if seconds < 1:
+    if round(seconds * 1000) < 1000:
         return f"{max(0, round(seconds * 1000))}ms"
     whole = int(seconds + 0.999)
     hours, rest = divmod(whole, 3600)

@@ -105,9 +105,7 @@ async def test_rpm_and_its_headers(cli_env: Path, start_proxy: ProxyFactory, tmp
     assert headers["x-ratelimit-reset-requests"].endswith("s")
 
 
-async def test_max_concurrent(
-    cli_env: Path, start_proxy: ProxyFactory, tmp_path: Path, upstream: FakeUpstream
-) -> None:
+async def test_max_concurrent(cli_env: Path, start_proxy: ProxyFactory, tmp_path: Path, upstream: FakeUpstream) -> None:
     proxy = await keyed(start_proxy, tmp_path)
     upstream.push(Reply.text("slow " * 20, pieces=20, delay=0.1))
     slow = asyncio.create_task(ask(proxy, "sk-carol-0003", "slow"))
@@ -243,9 +241,7 @@ async def test_a_plan_limit_opens_the_breaker_until_the_reset(proxy: Proxy, upst
     assert (await ask(proxy, "x"))[0] == 200  # closed after the reset
 
 
-async def test_extra_usage_is_not_spent(
-    cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpstream
-) -> None:
+async def test_extra_usage_is_not_spent(cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
     proxy = await start_proxy()
     upstream.push(Reply(headers=tuple(plan_limit(600, overage=True).items())))
     assert (await ask(proxy, "x"))[0] == 200  # already billed as extra usage when the CLI says so

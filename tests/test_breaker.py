@@ -1,0 +1,206 @@
+"""The subscription breaker: what opens it (a rejected rate-limit event, paid extra usage, usage-limit and
+third-party refusals), for which models, for how long, and what requests get meanwhile."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from maxproxy import breaker, errors
+from maxproxy.breaker import Breaker, Trip
+from maxproxy.claude.events import RateLimitInfo, Result
+
+from tests.conftest import make_settings
+
+NOW = 1_800_000_000.0
+
+
+class Clock(SimpleNamespace):
+    """`time` as the breaker sees it, at `now`."""
+
+    def __init__(self) -> None:
+        super().__init__(strftime=time.strftime, gmtime=time.gmtime)
+        self.now = NOW
+
+    def time(self) -> float:
+        return float(self.now)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(breaker, "time", fake)
+    return fake
+
+
+def make(tmp_path: Path, **overrides: Any) -> tuple[Breaker, list[tuple[str, Trip]]]:
+    b = Breaker(make_settings(tmp_path, **overrides))
+    told: list[tuple[str, Trip]] = []
+    b.listeners.append(lambda what, trip: told.append((what, trip)))
+    return b, told
+
+
+def rejected(kind: str | None = "five_hour", resets: float | None = NOW + 3600) -> RateLimitInfo:
+    return RateLimitInfo(status="rejected", resetsAt=resets, rateLimitType=kind)
+
+
+def failed(status: int, text: str) -> Result:
+    return Result(subtype="error_during_execution", is_error=True, result=text, api_error_status=status)
+
+
+def open_scopes(b: Breaker) -> dict[str, float]:
+    return {trip.scope: trip.until for trip in b.state()}
+
+
+def test_a_rejected_event_opens_the_breaker_for_every_model_until_the_reset(tmp_path: Path, clock: Clock) -> None:
+    b, told = make(tmp_path)
+    b.observe("sonnet", rejected("five_hour"), None)
+    assert open_scopes(b) == {"all": NOW + 3600}
+    assert b.trips == 1
+    assert [what for what, _ in told] == ["opened"]
+    clock.now += 600
+    for family in ("opus", "sonnet", "haiku"):
+        with pytest.raises(errors.RateLimited) as caught:
+            b.check(family)
+        exc = caught.value
+        assert (exc.status, exc.code) == (429, "subscription_limit")
+        assert exc.retry_after == pytest.approx(3000)
+        assert exc.headers()["Retry-After"] == "3000"
+        assert "five_hour limit is reached" in exc.message
+
+
+def test_the_breaker_is_closed_to_start_with(tmp_path: Path, clock: Clock) -> None:
+    b, _ = make(tmp_path)
+    b.observe("sonnet", RateLimitInfo(status="allowed", resetsAt=NOW + 3600, rateLimitType="five_hour"), None)
+    b.observe("sonnet", None, Result(subtype="success", result="hi"))
+    b.check("sonnet")
+    assert b.state() == []
+    assert b.trips == 0
+
+
+@pytest.mark.parametrize(("kind", "scope"), [("five_hour", "all"), ("seven_day", "all"), (None, "all")])
+def test_plan_wide_limits_open_for_every_model(tmp_path: Path, clock: Clock, kind: str | None, scope: str) -> None:
+    b, _ = make(tmp_path)
+    b.observe("haiku", rejected(kind), None)
+    assert set(open_scopes(b)) == {scope}
+
+
+def test_a_family_limit_blocks_only_that_family(tmp_path: Path, clock: Clock) -> None:
+    b, _ = make(tmp_path)
+    b.observe("opus", rejected("seven_day_opus"), None)
+    assert set(open_scopes(b)) == {"opus"}
+    with pytest.raises(errors.RateLimited, match="seven_day_opus"):
+        b.check("opus")
+    b.check("sonnet")
+    b.check("haiku")
+
+
+def test_an_unknown_limit_type_blocks_the_requests_family(tmp_path: Path, clock: Clock) -> None:
+    b, _ = make(tmp_path)
+    b.observe("sonnet", rejected("something_new"), None)
+    assert set(open_scopes(b)) == {"sonnet"}
+
+
+def test_extra_usage_opens_the_breaker(tmp_path: Path, clock: Clock) -> None:
+    b, _ = make(tmp_path)
+    b.observe("sonnet", RateLimitInfo(status="allowed", rateLimitType="five_hour", isUsingOverage=True), None)
+    assert set(open_scopes(b)) == {"all"}
+    with pytest.raises(errors.RateLimited, match="extra usage"):
+        b.check("sonnet")
+
+
+def test_extra_usage_is_allowed_when_the_setting_says_so(tmp_path: Path, clock: Clock) -> None:
+    b, _ = make(tmp_path, allow_extra_usage=True)
+    b.observe("sonnet", RateLimitInfo(status="allowed", rateLimitType="five_hour", isUsingOverage=True), None)
+    b.check("sonnet")
+    assert b.trips == 0
+
+
+def test_a_usage_limit_error_without_a_reset_opens_for_breaker_seconds(tmp_path: Path, clock: Clock) -> None:
+    b, _ = make(tmp_path, breaker_seconds=120)
+    b.observe("sonnet", None, failed(429, "You've hit your 5-hour limit · resets 5pm"))
+    assert open_scopes(b) == {"all": NOW + 120}
+    with pytest.raises(errors.RateLimited, match="You've hit your 5-hour limit") as caught:
+        b.check("opus")
+    assert caught.value.retry_after == pytest.approx(120)
+
+
+def test_a_reset_in_the_past_opens_for_breaker_seconds(tmp_path: Path, clock: Clock) -> None:
+    b, _ = make(tmp_path)
+    b.observe("sonnet", rejected("five_hour", resets=NOW - 5), None)
+    assert open_scopes(b) == {"all": NOW + 600}
+
+
+def test_a_third_party_refusal_opens_for_every_model(tmp_path: Path, clock: Clock) -> None:
+    b, _ = make(tmp_path)
+    b.observe("opus", None, failed(400, "This organization does not allow third-party apps to use the plan"))
+    assert set(open_scopes(b)) == {"all"}
+    with pytest.raises(errors.RateLimited, match="upstream refused"):
+        b.check("haiku")
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        failed(500, "Internal server error"),
+        failed(429, "Rate limited: too many requests"),  # throttling, not the plan's limit
+        failed(400, "prompt is too long"),
+        Result(subtype="success", is_error=False, result="You've hit your 5-hour limit", api_error_status=None),
+    ],
+)
+def test_other_results_do_not_open_it(tmp_path: Path, clock: Clock, result: Result) -> None:
+    b, told = make(tmp_path)
+    b.observe("sonnet", None, result)
+    b.check("sonnet")
+    assert told == []
+
+
+def test_state_closes_a_trip_whose_time_passed(tmp_path: Path, clock: Clock) -> None:
+    b, told = make(tmp_path)
+    b.observe("sonnet", rejected("five_hour", resets=NOW + 60), None)
+    (trip,) = b.state()
+    clock.now += 59
+    assert b.state() == [trip]
+    clock.now += 1
+    assert b.state() == []
+    assert told == [("opened", trip), ("closed", trip)]
+    b.check("sonnet")
+
+
+def test_a_failing_listener_does_not_stop_the_others(tmp_path: Path, clock: Clock) -> None:
+    b, told = make(tmp_path)
+
+    def broken(what: str, trip: Trip) -> None:
+        raise RuntimeError("listener bug")
+
+    b.listeners.insert(0, broken)
+    b.observe("sonnet", rejected(), None)
+    assert [what for what, _ in told] == ["opened"]
+
+
+def test_a_later_shorter_trip_does_not_shorten_an_open_one(tmp_path: Path, clock: Clock) -> None:
+    b, told = make(tmp_path)
+    b.observe("sonnet", rejected("seven_day", resets=NOW + 86400), None)
+    b.observe("sonnet", rejected("five_hour", resets=NOW + 60), None)
+    assert open_scopes(b) == {"all": NOW + 86400}
+    assert b.trips == 1
+    assert len(told) == 1
+    b.observe("sonnet", rejected("seven_day", resets=NOW + 90000), None)  # a longer one extends it
+    assert open_scopes(b) == {"all": NOW + 90000}
+    assert b.trips == 2
+
+
+# --- bugs ----------------------------------------------------------------------------------------------------------
+
+
+def test_allowed_extra_usage_is_spent_until_it_runs_out(tmp_path: Path, clock: Clock) -> None:
+    b, _ = make(tmp_path, allow_extra_usage=True)
+    served = RateLimitInfo(status="rejected", resetsAt=NOW + 3600, rateLimitType="five_hour", isUsingOverage=True)
+    b.observe("sonnet", served, None)
+    b.check("sonnet")  # served from extra usage, which is allowed: stays closed
+    b.observe("sonnet", served, failed(429, "You're out of extra usage · resets 5pm"))
+    with pytest.raises(errors.RateLimited):
+        b.check("sonnet")
