@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from maxproxy.state import KEYS, POOL
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Proxy, ProxyFactory, wait_for
+from tests.daemon import daemon
 from tests.fakes.upstream import FakeUpstream, Reply
 
 MODEL = "claude-sonnet-4"
@@ -263,3 +267,31 @@ async def test_without_keys_the_local_caller_sees_all_usage(proxy: Proxy) -> Non
         assert response.status == 200
         [row] = (await response.json())["data"]
     assert (row["key"], row["requests"]) == ("local", 1)
+
+
+async def test_sighup_reloads_the_keys_file(cli_env: Path, tmp_path: Path) -> None:
+    path = keys_file(tmp_path)
+    env = {
+        **os.environ,
+        "MAXPROXY_STATE_DIR": str(tmp_path / "daemon-state"),
+        "MAXPROXY_LOG_FORMAT": "json",
+        "MAXPROXY_KEYS_FILE": str(path),
+        "MAXPROXY_MIN_IDLE": "0",
+    }
+    async with daemon(env) as (proc, url, records), aiohttp.ClientSession() as http:
+
+        async def models(key: str) -> int:
+            async with http.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}) as response:
+                return response.status
+
+        assert await models("sk-alice-0001") == 200
+        # Same size and modification time as before: the file watch cannot see the change, only SIGHUP can.
+        stat = path.stat()
+        path.write_text(path.read_text().replace("sk-alice-0001", "sk-alice-0009"))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        await asyncio.sleep(2.5)  # a watch poll passes
+        assert await models("sk-alice-0001") == 200
+        proc.send_signal(signal.SIGHUP)
+        await wait_for(lambda: any(r["event"] == "keys_loaded" for r in records))
+        assert await models("sk-alice-0001") == 401
+        assert await models("sk-alice-0009") == 200
