@@ -91,7 +91,13 @@ async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
     ledger = app[LEDGER] = Ledger(UsageStore(app[STORE]))
     await ledger.load()
     app[QUOTAS] = Quotas(ledger)
-    yield
+    writer = asyncio.create_task(ledger.run(), name="usage-writer")
+    try:
+        yield
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await ledger.flush()
 
 
 def create_app(settings: Settings) -> web.Application:

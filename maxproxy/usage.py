@@ -2,10 +2,13 @@
 added to the API key's row for that model and UTC day in the store, and kept summed in memory for the keys' token
 budgets. A turn that stops at tool calls counts its model calls in the answer that handed the calls over; the answer
 that finishes the turn counts its own calls and the turn's cost (the CLI reports the cost once, for the whole turn).
+Rows are written by one writer task, off the request path (`note`); `flush` writes what is pending (on reads of the
+usage and at shutdown).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime as dt
 
@@ -33,6 +36,8 @@ class Ledger:
     def __init__(self, rows: UsageStore) -> None:
         self.rows = rows
         self._tokens: collections.Counter[tuple[str, str]] = collections.Counter()  # (key, day) → tokens
+        self._pending: collections.deque[UsageRow] = collections.deque()
+        self._wake = asyncio.Event()
 
     async def load(self) -> None:
         """Read the budget window's totals (they survive restarts)."""
@@ -41,6 +46,12 @@ class Ledger:
             self._tokens[(row.key, row.day)] += row.total_tokens
 
     async def record(self, key: str, model: str, usage: Usage, cost_usd: float, *, request: bool = True) -> None:
+        """`note`, then write it."""
+        self.note(key, model, usage, cost_usd, request=request)
+        await self.flush()
+
+    def note(self, key: str, model: str, usage: Usage, cost_usd: float, *, request: bool = True) -> None:
+        """Count an answer's usage now (budgets see it at once); the writer task stores it."""
         cached = usage.prompt_tokens_details.cached_tokens
         row = UsageRow(
             day=today().isoformat(),
@@ -53,7 +64,27 @@ class Ledger:
             cost_usd=cost_usd,
         )
         self._tokens[(key, row.day)] += row.total_tokens
-        await self.rows.add(row)
+        self._pending.append(row)
+        self._wake.set()
+
+    async def flush(self) -> None:
+        while self._pending:
+            row = self._pending.popleft()
+            try:
+                await self.rows.add(row)
+            except BaseException:
+                self._pending.appendleft(row)  # not lost to a failed write or a cancelled flush
+                raise
+
+    async def run(self) -> None:
+        """The writer: stores noted rows as they come."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # the rows stay pending; the next note retries
+                log.exception("usage_write_failed")
 
     def spent(self, key: str, days: int) -> int:
         """Tokens the key used today and the `days - 1` days before (UTC)."""

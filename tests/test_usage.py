@@ -3,6 +3,7 @@ for the token budgets, and those totals surviving a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -102,3 +103,21 @@ async def test_load_restores_the_totals_after_a_restart(store: Store) -> None:
 
 def test_seconds_to_midnight_is_within_a_day() -> None:
     assert 0 < seconds_to_midnight() <= 86400
+
+
+async def test_noted_usage_counts_at_once_and_the_writer_stores_it(store: Store) -> None:
+    rows = UsageStore(store)
+    ledger = Ledger(rows)
+    writer = asyncio.create_task(ledger.run())
+    try:
+        ledger.note("bot", "claude-sonnet-4", usage(10, 0, 5), 0.01)
+        assert ledger.spent("bot", 1) == 15  # budgets see it before it is written
+        for _ in range(100):
+            if await rows.since(day(0)):
+                break
+            await asyncio.sleep(0.01)
+        [row] = await rows.since(day(0))
+        assert (row.requests, row.output_tokens) == (1, 5)
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)

@@ -170,11 +170,11 @@ async def _run(request: web.Request, chat: ChatRequest, plan: Plan, limits: dict
             ended = answer.ended_normally(lease)
         finally:
             await asyncio.shield(sessions.settle(plan, lease, answer.assembler.message() if ended else None))
-            await asyncio.shield(_account(request, chat.model, turn.family, answer, lease))
+            _account(request, chat.model, turn.family, answer, lease)
         return response
 
 
-async def _account(request: web.Request, model: str, family: str, answer: Answer, lease: Lease) -> None:
+def _account(request: web.Request, model: str, family: str, answer: Answer, lease: Lease) -> None:
     """Record what the answer used, and let the breaker read the turn's rate-limit state."""
     assembler = answer.assembler
     request.app[BREAKER].observe(family, assembler.rate_limit, assembler.result)
@@ -184,10 +184,7 @@ async def _account(request: web.Request, model: str, family: str, answer: Answer
         return
     key = request[KEY].name
     request.app[METRICS].used(key, model, usage, cost)
-    try:
-        await request.app[LEDGER].record(key, model, usage, cost)
-    except Exception:  # the answer stands; only its accounting is lost
-        log.exception("usage_record_failed")
+    request.app[LEDGER].note(key, model, usage, cost)
 
 
 @routes.get("/v1/usage")
@@ -205,7 +202,9 @@ async def get_usage(request: web.Request) -> web.Response:
         raise errors.Forbidden("Only an admin key can read other keys' usage", param="key")
     who = wanted if key.admin else key.name
     since = (today() - dt.timedelta(days=days - 1)).isoformat()
-    rows = await request.app[LEDGER].rows.since(since, who)
+    ledger = request.app[LEDGER]
+    await ledger.flush()
+    rows = await ledger.rows.since(since, who)
     data = [{**msgspec.structs.asdict(row), "total_tokens": row.total_tokens} for row in rows]
     totals = {
         name: sum(item[name] for item in data)
