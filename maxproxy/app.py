@@ -1,5 +1,6 @@
 """`create_app(settings)`: the aiohttp application — routes, middlewares, and one cleanup context per resource
-(the keys file watch, the CLI probe, the worker pool, the store, conversations with their sweeps, usage). Nothing
+(the keys file watch, the Telegram notifier, the CLI probe, the worker pool, the store, conversations with their
+sweeps, usage). Nothing
 happens at import time; a keys file that cannot be used stops `create_app` with `KeysError`.
 """
 
@@ -8,23 +9,40 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import aiohttp
 import structlog
 from aiohttp import web
 
+from maxproxy import __version__
 from maxproxy.api.middleware import auth_middleware, context_middleware, origin_middleware
 from maxproxy.api.routes import routes
 from maxproxy.breaker import Breaker
-from maxproxy.bus import Bus
+from maxproxy.bus import Alert, Bus
 from maxproxy.claude.probe import CliStatus, probe
 from maxproxy.errors import error_middleware
 from maxproxy.keys import Keyring
 from maxproxy.metrics import Metrics
+from maxproxy.notifier import Notifier
 from maxproxy.pool import Pool
 from maxproxy.quota import Quotas
 from maxproxy.sessions import Sessions
 from maxproxy.settings import Settings
-from maxproxy.state import BREAKER, BUS, CLI, KEYS, LEDGER, METRICS, POOL, QUOTAS, SESSIONS, SETTINGS, STORE
+from maxproxy.state import (
+    BREAKER,
+    BUS,
+    CLI,
+    KEYS,
+    LEDGER,
+    METRICS,
+    NOTIFIER,
+    POOL,
+    QUOTAS,
+    SESSIONS,
+    SETTINGS,
+    STORE,
+)
 from maxproxy.store import Store, UsageStore
+from maxproxy.telegram import Telegram
 from maxproxy.usage import Ledger
 
 log = structlog.get_logger("maxproxy.app")
@@ -56,6 +74,24 @@ async def _keys_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
+
+
+async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if not settings.telegram:
+        yield
+        return
+    async with aiohttp.ClientSession() as session:
+        telegram = Telegram(session, settings.telegram_api_base, settings.telegram_bot_token)
+        notifier = app[NOTIFIER] = Notifier(settings, app[BUS], telegram)
+        task = asyncio.create_task(notifier.run(), name="notifier")
+        app[BUS].announce(Alert("lifecycle", f"started (maxproxy {__version__}, {settings.host}:{settings.port})"))
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await notifier.say(Alert("lifecycle", "stopped"), timeout=3.0)
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -108,9 +144,15 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[KEYS] = Keyring(settings)
     app[BUS] = Bus()
-    app[BREAKER] = Breaker(settings)
+    app[BREAKER] = breaker = Breaker(settings)
+    bus = app[BUS]
+    breaker.listeners.append(
+        lambda what, trip: bus.announce(
+            Alert("breaker", f"subscription breaker {what} for {trip.scope} models: {trip.reason}")
+        )
+    )
     app[METRICS] = Metrics(set(settings.model_table))
     app[CLI] = CliStatus(path=settings.cli_path, error="starting")
-    app.cleanup_ctx.extend([_keys_ctx, _cli_ctx, _pool_ctx, _store_ctx, _sessions_ctx, _usage_ctx])
+    app.cleanup_ctx.extend([_keys_ctx, _notifier_ctx, _cli_ctx, _pool_ctx, _store_ctx, _sessions_ctx, _usage_ctx])
     app.add_routes(routes)
     return app

@@ -1,11 +1,12 @@
-"""The event bus: every turn's decoded CLI events fan out to subscribers (the Telegram notifier, metrics) without
-ever slowing the turn. Each subscriber has a bounded queue; when it is full the item is dropped and counted.
+"""The event bus: every turn's decoded CLI events, and operator alerts, fan out to subscribers (the Telegram
+notifier) without ever slowing the turn. Each subscriber has a bounded queue, filled only with the turn items it
+accepts; when it is full the item is dropped and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import structlog
@@ -32,12 +33,22 @@ class TurnEnd(msgspec.Struct, frozen=True):
     seconds: float
 
 
-Item = tuple[TurnRef, TurnEvent | TurnEnd]
+class Alert(msgspec.Struct, frozen=True):
+    """Something an operator should hear of, not tied to one turn's events: a watchdog timeout, workers that keep
+    failing to start, the subscription breaker opening or closing, start-up and shutdown."""
+
+    kind: str  # "timeout", "crash_loop", "breaker", "lifecycle"
+    text: str
+
+
+Item = tuple[TurnRef, TurnEvent | TurnEnd] | Alert
+Accept = Callable[[TurnEvent | TurnEnd], bool]
 
 
 class Subscription:
-    def __init__(self, bus: Bus, maxsize: int) -> None:
+    def __init__(self, bus: Bus, maxsize: int, accept: Accept | None) -> None:
         self._bus = bus
+        self.accept = accept  # which turn items it wants (None: all); alerts always come
         self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize)
         self.dropped = 0
 
@@ -51,13 +62,21 @@ class Subscription:
     def close(self) -> None:
         self._bus.unsubscribe(self)
 
+    def _offer(self, item: Item) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
 
 class Bus:
     def __init__(self) -> None:
         self._subscribers: list[Subscription] = []
 
-    def subscribe(self, maxsize: int = 1024) -> Subscription:
-        subscription = Subscription(self, maxsize)
+    def subscribe(self, maxsize: int = 1024, accept: Accept | None = None) -> Subscription:
+        """A bounded queue of items; `accept` filters turn items at publish time (the notifier wants tool events,
+        not every token)."""
+        subscription = Subscription(self, maxsize, accept)
         self._subscribers.append(subscription)
         return subscription
 
@@ -67,7 +86,10 @@ class Bus:
 
     def publish(self, turn: TurnRef, item: TurnEvent | TurnEnd) -> None:
         for subscription in self._subscribers:
-            try:
-                subscription.queue.put_nowait((turn, item))
-            except asyncio.QueueFull:
-                subscription.dropped += 1
+            if subscription.accept is None or subscription.accept(item):
+                subscription._offer((turn, item))
+
+    def announce(self, alert: Alert) -> None:
+        log.info("alert", kind=alert.kind, text=alert.text)
+        for subscription in self._subscribers:
+            subscription._offer(alert)

@@ -57,7 +57,7 @@ class Metrics:
 
     def request(self, access: Access, status: int, seconds: float) -> None:
         model = access.model if access.model in self.models else "other"
-        self.requests.labels(model, access.key or "local", str(status)).inc()
+        self.requests.labels(model, access.key_name or "local", str(status)).inc()
         if status < 400:
             self.duration.labels(model).observe(seconds)
             if access.ttft_ms is not None:

@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 
 from maxproxy import errors, tools
-from maxproxy.bus import Bus, TurnEnd, TurnRef
+from maxproxy.bus import Alert, Bus, TurnEnd, TurnRef
 from maxproxy.claude.command import Launch, Options
 from maxproxy.claude.events import TurnEvent
 from maxproxy.claude.worker import CONTROL_TIMEOUT, Watchdog, Worker
@@ -400,6 +400,10 @@ class Pool:
             delay = min(MAX_BACKOFF, 2.0 ** (self._failures - FAILURES_BEFORE_BACKOFF))
             self._backoff_until = time.monotonic() + delay
             log.error("pool_backoff", failures=self._failures, seconds=delay, error=exc.message)
+            text = (
+                f"CLI workers keep failing to start ({self._failures} in a row; retrying in {delay:g}s): {exc.message}"
+            )
+            self.bus.announce(Alert("crash_loop", text[:500]))
 
     def _hold(self, worker: Worker, conversation: str) -> None:
         worker.rest()

@@ -22,6 +22,7 @@ PINNED_CLI_VERSION = "2.1.328"
 PROJECT_CLI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "claude"
 
 Seconds = Annotated[float, Meta(gt=0)]
+NoticeKind = Literal["progress", "timeout", "crash_loop", "breaker", "lifecycle"]
 Count = Annotated[int, Meta(ge=0)]
 PermissionMode = Literal["default", "acceptEdits", "plan", "dontAsk", "auto", "bypassPermissions"]
 
@@ -127,6 +128,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     session_busy: Literal["wait", "reject"] = "wait"  # a second request on a busy conversation waits, or gets 409
     session_wait: Seconds = 60.0  # ... for at most this long, then 409
     session_ttl_days: Annotated[float, Meta(gt=0)] = 30.0  # unused this long, a conversation and its transcript go
+    # The optional Telegram notifier: off unless a bot token and chat ids are set (also TELEGRAM_BOT_TOKEN and
+    # TELEGRAM_NOTIFY_ID, comma-separated, as in the original proxy).
+    telegram_bot_token: str = ""
+    telegram_notify_ids: list[str] = []
+    telegram_api_base: str = "https://api.telegram.org"
+    telegram_events: list[NoticeKind] = msgspec.field(
+        default_factory=lambda: ["progress", "timeout", "crash_loop", "breaker", "lifecycle"]
+    )
     api_keys: list[str] = []
     # Named API keys with per-key limits (`[keys.NAME]` tables in a TOML file; README "Several bots"), reloaded on
     # SIGHUP and when the file changes.
@@ -164,6 +173,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         if PROJECT_CLI.exists():
             return str(PROJECT_CLI)
         return shutil.which("claude") or "claude"
+
+    @property
+    def telegram(self) -> bool:
+        """The notifier is configured."""
+        return bool(self.telegram_bot_token and self.telegram_notify_ids)
 
     @property
     def keys_path(self) -> Path | None:
@@ -236,6 +250,11 @@ def load(
         values.update(_file_values(Path(path).expanduser()))
     elif default_config_path(env).exists():
         values.update(_file_values(default_config_path(env)))
+    # The original proxy's names for the Telegram settings (the MAXPROXY_ ones win).
+    if env.get("TELEGRAM_BOT_TOKEN"):
+        values["telegram_bot_token"] = env["TELEGRAM_BOT_TOKEN"]
+    if env.get("TELEGRAM_NOTIFY_ID"):
+        values["telegram_notify_ids"] = [i.strip() for i in env["TELEGRAM_NOTIFY_ID"].split(",") if i.strip()]
     for key, value in _env_values(env).items():
         if isinstance(value, dict) and isinstance(values.get(key), dict):
             values[key] = {**values[key], **value}  # MAXPROXY_LIMIT_OPUS adds to a [limits] table
@@ -261,6 +280,8 @@ def check(settings: Settings) -> None:
         raise SettingsError("invalid setting `api_keys`: a key is empty")
     if any(origin.strip() == "*" for origin in settings.cors_origins):
         raise SettingsError("invalid setting `cors_origins`: `*` is not allowed; list the origins")
+    if not settings.telegram_api_base.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        raise SettingsError("invalid setting `telegram_api_base`: use https:// (plain http only on loopback)")
     unknown = [m for m in settings.warm_models if m not in settings.model_table]
     if unknown:
         raise SettingsError(f"invalid setting `warm_models`: unknown model {unknown[0]!r} (see GET /v1/models)")

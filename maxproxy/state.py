@@ -13,6 +13,7 @@ from maxproxy.bus import Bus
 from maxproxy.claude.probe import CliStatus
 from maxproxy.keys import Key, Keyring
 from maxproxy.metrics import Metrics
+from maxproxy.notifier import Notifier
 from maxproxy.pool import Pool
 from maxproxy.quota import Quotas
 from maxproxy.sessions import Sessions
@@ -31,13 +32,14 @@ LEDGER = web.AppKey("ledger", Ledger)
 QUOTAS = web.AppKey("quotas", Quotas)
 BREAKER = web.AppKey("breaker", Breaker)
 METRICS = web.AppKey("metrics", Metrics)
+NOTIFIER = web.AppKey("notifier", Notifier)  # only when Telegram is configured
 
 
 @dataclass
 class Access:
     """What the access line says about one request beyond method, path, status and duration."""
 
-    key: str | None = None  # the API key's name
+    key_name: str | None = None  # the API key's name (never the key)
     model: str | None = None
     stream: bool | None = None
     ttft_ms: float | None = None

@@ -11,7 +11,9 @@ import asyncio
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -98,13 +100,19 @@ class Store:
     async def close(self) -> None:
         if self._db is not None:
             db, self._db = self._db, None
-            await asyncio.to_thread(db.close)
+            async with self._lock:  # after the statement still running, if any: closing under it would crash
+                await asyncio.to_thread(db.close)
 
     async def _run(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         db = self._db
-        assert db is not None, "store not open"
-        async with self._lock:
-            return await asyncio.to_thread(lambda: db.execute(sql, args).fetchall())
+        if db is None:
+            raise RuntimeError("store not open")
+        await self._lock.acquire()
+        # A statement on its thread cannot be stopped: if the caller is cancelled, the lock stays held until the
+        # statement is done (measured: closing the connection under a running statement is a segfault).
+        done = asyncio.get_running_loop().run_in_executor(None, lambda: db.execute(sql, args).fetchall())
+        done.add_done_callback(_released(self._lock))
+        return await asyncio.shield(done)
 
     async def find(self, owner: str, name: str | None, head: bytes) -> Conversation | None:
         if name is not None:
@@ -159,6 +167,15 @@ class Store:
     async def expired(self, before: float) -> list[Conversation]:
         rows = await self._run(_SELECT + " WHERE last_used < ?", (before,))
         return [_row(r) for r in rows]
+
+
+def _released(lock: asyncio.Lock) -> Callable[[asyncio.Future[Any]], None]:
+    def release(future: asyncio.Future[Any]) -> None:
+        lock.release()
+        if not future.cancelled():
+            future.exception()  # retrieved: a cancelled caller's failed statement is not "never retrieved"
+
+    return release
 
 
 class UsageRow(msgspec.Struct):

@@ -113,6 +113,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "Missing or invalid API key: send `Authorization: Bearer <key>` with a key from the keys file or `api_keys`"
         )
     request[KEY] = key
-    request[ACCESS].key = key.name
+    request[ACCESS].key_name = key.name
     request[OWNER] = owner_of(supplied.strip())
     return await handler(request)

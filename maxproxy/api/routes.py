@@ -22,6 +22,7 @@ from aiohttp import web
 from maxproxy import __version__, errors, prompt, reply
 from maxproxy.api.schema import ChatRequest, ModelCard, ModelList, ignored_fields, request_decoder
 from maxproxy.api.sse import Stream
+from maxproxy.bus import Alert
 from maxproxy.claude.events import System, ToolCall, TurnEvent
 from maxproxy.claude.worker import Watchdog
 from maxproxy.conversation import identify, split
@@ -31,6 +32,7 @@ from maxproxy.sessions import Plan
 from maxproxy.state import (
     ACCESS,
     BREAKER,
+    BUS,
     CLI,
     KEY,
     KEYS,
@@ -168,10 +170,18 @@ async def _run(request: web.Request, chat: ChatRequest, plan: Plan, limits: dict
             else:
                 response = await answer.complete(lease, turn, watchdog)
             ended = answer.ended_normally(lease)
+        except errors.Timeout as exc:
+            _alert_timeout(request, chat.model, exc.message)
+            raise
         finally:
             await asyncio.shield(sessions.settle(plan, lease, answer.assembler.message() if ended else None))
             _account(request, chat.model, turn.family, answer, lease)
         return response
+
+
+def _alert_timeout(request: web.Request, model: str, message: str) -> None:
+    who = request[KEY].name
+    request.app[BUS].announce(Alert("timeout", f"{who} · {model}: {message}"))
 
 
 def _account(request: web.Request, model: str, family: str, answer: Answer, lease: Lease) -> None:
@@ -315,6 +325,8 @@ class Answer:
             else:
                 self.access.error = failure.code
                 log.warning("stream_failed", code=failure.code, message=failure.message)
+                if isinstance(failure, errors.Timeout):
+                    _alert_timeout(self.request, self.chat.model, failure.message)
                 await out.send(failure.body())
             return await out.close()
         except (ConnectionResetError, TimeoutError):

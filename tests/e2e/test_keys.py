@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Proxy, ProxyFactory, wait_for
 from tests.daemon import daemon
-from tests.fakes.upstream import FakeUpstream, Reply
+from tests.fakes.upstream import FakeUpstream, Reply, plan_limit
 
 MODEL = "claude-sonnet-4"
 KEYS_FILE = """
@@ -214,19 +213,6 @@ async def test_metrics_parse_and_move(cli_env: Path, start_proxy: ProxyFactory, 
     assert metric(after, "maxproxy_workers_started_total") >= 1
     async with proxy.http.get(f"{proxy.url}/metrics", headers={"Authorization": "Bearer sk-alice-0001"}) as response:
         assert response.status == 403  # only admin keys read metrics
-
-
-def plan_limit(reset_in: float, *, overage: bool = False) -> dict[str, str]:
-    """The subscription rate-limit headers of an upstream answer (protocol note §13)."""
-    headers = {
-        "anthropic-ratelimit-unified-status": "rejected",
-        "anthropic-ratelimit-unified-reset": str(int(time.time() + reset_in)),
-        "anthropic-ratelimit-unified-representative-claim": "five_hour",
-        "anthropic-ratelimit-unified-overage-status": "allowed" if overage else "rejected",
-    }
-    if overage:
-        headers["anthropic-ratelimit-unified-overage-in-use"] = "true"
-    return headers
 
 
 async def test_a_plan_limit_opens_the_breaker_until_the_reset(proxy: Proxy, upstream: FakeUpstream) -> None:

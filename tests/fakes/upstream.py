@@ -298,3 +298,16 @@ class FakeUpstream:
                 "cache_read_input_tokens": reply.cache_read,
             },
         }
+
+
+def plan_limit(reset_in: float, *, overage: bool = False) -> dict[str, str]:
+    """The subscription rate-limit headers of an upstream answer (protocol note §13)."""
+    headers = {
+        "anthropic-ratelimit-unified-status": "rejected",
+        "anthropic-ratelimit-unified-reset": str(int(time.time() + reset_in)),
+        "anthropic-ratelimit-unified-representative-claim": "five_hour",
+        "anthropic-ratelimit-unified-overage-status": "allowed" if overage else "rejected",
+    }
+    if overage:
+        headers["anthropic-ratelimit-unified-overage-in-use"] = "true"
+    return headers
