@@ -7,7 +7,9 @@ happens at import time; a keys file that cannot be used stops `create_app` with 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import aiohttp
 import structlog
@@ -67,13 +69,20 @@ async def _cli_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-async def _keys_ctx(app: web.Application) -> AsyncIterator[None]:
-    watch = asyncio.create_task(app[KEYS].watch(), name="keys-watch")
+@contextlib.asynccontextmanager
+async def _running(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """A background task owned by its resource's context: cancelled and awaited when the context ends."""
+    task = asyncio.create_task(work, name=name)
     try:
         yield
     finally:
-        watch.cancel()
-        await asyncio.gather(watch, return_exceptions=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _keys_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with _running(app[KEYS].watch(), "keys-watch"):
+        yield
 
 
 async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -84,14 +93,10 @@ async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession() as session:
         telegram = Telegram(session, settings.telegram_api_base, settings.telegram_bot_token)
         notifier = app[NOTIFIER] = Notifier(settings, app[BUS], telegram)
-        task = asyncio.create_task(notifier.run(), name="notifier")
-        app[BUS].announce(Alert("lifecycle", f"started (maxproxy {__version__}, {settings.host}:{settings.port})"))
-        try:
+        async with _running(notifier.run(), "notifier"):
+            app[BUS].announce(Alert("lifecycle", f"started (maxproxy {__version__}, {settings.host}:{settings.port})"))
             yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await notifier.say(Alert("lifecycle", "stopped"), timeout=3.0)
+        await notifier.say(Alert("lifecycle", "stopped"), timeout=3.0)
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -115,25 +120,17 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     sessions = app[SESSIONS] = Sessions(app[SETTINGS], app[STORE], app[POOL])
-    sweeps = asyncio.create_task(sessions.run_sweeps(), name="session-sweeps")
-    try:
+    async with _running(sessions.run_sweeps(), "session-sweeps"):
         yield
-    finally:
-        sweeps.cancel()
-        await asyncio.gather(sweeps, return_exceptions=True)
 
 
 async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
     ledger = app[LEDGER] = Ledger(UsageStore(app[STORE]))
     await ledger.load()
     app[QUOTAS] = Quotas(ledger)
-    writer = asyncio.create_task(ledger.run(), name="usage-writer")
-    try:
+    async with _running(ledger.run(), "usage-writer"):
         yield
-    finally:
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
-        await ledger.flush()
+    await ledger.flush()
 
 
 def create_app(settings: Settings) -> web.Application:
