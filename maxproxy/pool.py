@@ -119,6 +119,7 @@ class Pool:
         self.draining = False
         self._closed = False
         self._wake = asyncio.Event()
+        self._settled = asyncio.Event()  # a worker was parked or a start ended: `warm` may have changed
         self._maintainer: asyncio.Task[None] | None = None
         self.counts: collections.Counter[str] = collections.Counter()  # spawned, recycled:<reason>, ...
 
@@ -180,6 +181,26 @@ class Pool:
     async def start(self) -> None:
         self._sweep_leftovers()
         self._maintainer = asyncio.create_task(self._maintain(), name="pool-maintainer")
+
+    @property
+    def warm(self) -> bool:
+        """Every warm model has its `min_idle` workers ready (or is serving)."""
+        for launch in self._warm_launches():
+            ready = len(self._idle.get(launch, []))
+            if ready < self.settings.min_idle and not (self._busy_total and ready):
+                return False
+        return True
+
+    async def wait_warm(self, timeout: float) -> bool:
+        """Wait until `warm` (False when `timeout` passed first, e.g. the CLI cannot start)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.warm:
+                    self._settled.clear()
+                    await self._settled.wait()
+        except TimeoutError:
+            return self.warm
+        return True
 
     def drain(self) -> None:
         """Stop taking work: new and queued requests get 503 while turns in flight finish."""
@@ -464,6 +485,7 @@ class Pool:
             self._retire(worker, "abandoned")
 
     def _park(self, worker: Worker) -> None:
+        self._settled.set()
         worker.rest()
         launch = worker.launch or Launch(model="")
         self._idle.setdefault(launch, []).append(worker)
@@ -624,6 +646,7 @@ class Pool:
 
     def _started(self, task: asyncio.Task[Worker | errors.ProxyError]) -> None:
         self._starting.pop(task, None)
+        self._settled.set()
         self._wake.set()
 
     async def _start_worker(self, launch: Launch, resume: str | None, park: bool) -> Worker | errors.ProxyError:

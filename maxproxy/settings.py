@@ -237,6 +237,16 @@ def default_config_path(env: Mapping[str, str]) -> Path:
     return Path(base) / "maxproxy" / "config.toml"
 
 
+def config_file(config: str | None = None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The TOML file `load` reads, if any."""
+    env = os.environ if env is None else env
+    path = config or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        return Path(path).expanduser()
+    default = default_config_path(env)
+    return default if default.exists() else None
+
+
 def load(
     config: str | None = None,
     env: Mapping[str, str] | None = None,
@@ -245,11 +255,9 @@ def load(
     """Build the settings: defaults < TOML file < environment < `overrides` (command-line flags)."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    path = config or env.get(ENV_PREFIX + "CONFIG")
-    if path:
-        values.update(_file_values(Path(path).expanduser()))
-    elif default_config_path(env).exists():
-        values.update(_file_values(default_config_path(env)))
+    path = config_file(config, env)
+    if path is not None:
+        values.update(_file_values(path))
     # The original proxy's names for the Telegram settings (the MAXPROXY_ ones win).
     if env.get("TELEGRAM_BOT_TOKEN"):
         values["telegram_bot_token"] = env["TELEGRAM_BOT_TOKEN"]
