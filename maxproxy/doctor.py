@@ -52,9 +52,13 @@ def main(config: str | None, *, host: str | None = None, port: int | None = None
     for check in checks:
         _print(check)
     failed = [c for c in checks if c.ok is False]
-    print(
-        f"\n{len(checks) - len(failed)} of {len(checks)} checks passed" + (f"; {len(failed)} failed" if failed else "")
-    )
+    applicable = [c for c in checks if c.ok is not None]
+    summary = f"\n{len(applicable) - len(failed)} of {len(applicable)} checks passed"
+    if failed:
+        summary += f"; {len(failed)} failed"
+    if len(applicable) < len(checks):
+        summary += f" ({len(checks) - len(applicable)} not applicable here)"
+    print(summary)
     return 1 if failed else 0
 
 
