@@ -67,11 +67,13 @@ class Subscription:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
             self.dropped += 1
+            self._bus.dropped += 1
 
 
 class Bus:
     def __init__(self) -> None:
         self._subscribers: list[Subscription] = []
+        self.dropped = 0  # items no subscriber queue had room for, ever (metrics)
 
     def subscribe(self, maxsize: int = 1024, accept: Accept | None = None) -> Subscription:
         """A bounded queue of items; `accept` filters turn items at publish time (the notifier wants tool events,

@@ -114,3 +114,6 @@ class _State(Collector):
             breaker.add_metric([scope], 1 if scope in open_now else 0)
         yield breaker
         yield CounterMetricFamily("maxproxy_breaker_trips", "Times the breaker opened", value=self.breaker.trips)
+        yield CounterMetricFamily(
+            "maxproxy_bus_dropped", "Event bus items lost to a full subscriber queue", value=pool.bus.dropped
+        )

@@ -123,10 +123,6 @@ class Notifier:
         self._alerted: dict[tuple[str, str], float] = {}
         self._subscription = bus.subscribe(QUEUE, accept=wanted)
 
-    @property
-    def dropped(self) -> int:
-        return self._subscription.dropped
-
     async def run(self) -> None:
         """Read the bus and send; runs until cancelled."""
         try:

@@ -22,8 +22,6 @@ class Telegram:
     def __init__(self, session: aiohttp.ClientSession, base: str, token: str) -> None:
         self._session = session
         self._base = f"{base.rstrip('/')}/bot{token}"
-        self.calls = 0
-        self.failures = 0
 
     async def send(self, chat_id: str, text: str) -> int | None:
         """Send a message; its id, or None if it could not be sent."""
@@ -38,7 +36,6 @@ class Telegram:
 
     async def _call(self, method: str, **params: Any) -> Any:
         for _ in range(ATTEMPTS):
-            self.calls += 1
             try:
                 async with self._session.post(
                     f"{self._base}/{method}", json=params, timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT)
@@ -46,7 +43,6 @@ class Telegram:
                     data = await response.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 # Never the exception's text: aiohttp's names the URL, and the URL holds the token.
-                self.failures += 1
                 log.warning("telegram_unreachable", method=method, error=type(exc).__name__)
                 return None
             if not isinstance(data, dict):
@@ -60,9 +56,7 @@ class Telegram:
             description = str(data.get("description", ""))
             if "message is not modified" in description:
                 return True
-            self.failures += 1
             log.warning("telegram_refused", method=method, status=response.status, description=description[:200])
             return None
-        self.failures += 1
         log.warning("telegram_rate_limited", method=method)
         return None

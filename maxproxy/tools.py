@@ -11,7 +11,6 @@ a named function and `none` are asked for in the turn's prompt and enforced by r
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -47,14 +46,10 @@ class Toolset(msgspec.Struct, frozen=True):
     forced: str | None = None  # the function `tool_choice` names
     parallel: bool = True
 
-    @property
-    def names(self) -> frozenset[str]:
-        return frozenset(t.name for t in self.tools)
-
-    @property
-    def digest(self) -> str:
-        """Identifies what the CLI lists (a worker re-lists its tools only when this changes)."""
-        return hashlib.sha256(_encoder.encode(self.listing())).hexdigest()
+    def lists_like(self, other: Toolset) -> bool:
+        """Whether the CLI's listing of `other` is this one's (the choice may differ). Agents send the same tools with
+        every request and `toolset` returns the very same parsed tuple for them, so this is an identity check then."""
+        return self.tools == other.tools
 
     def listing(self) -> list[dict[str, Any]]:
         """The MCP `tools/list` answer. Every tool is marked read-only so that the CLI dispatches the calls of one

@@ -72,7 +72,7 @@ def test_replay_with_tools_gives_tool_use_and_tool_result_blocks() -> None:
         {"type": "text", "text": "Thanks"},
     ]
     assert turn.results is None
-    assert turn.toolset.names == {"get_weather"}
+    assert [t.name for t in turn.toolset.tools] == ["get_weather"]
 
 
 def test_without_tools_the_same_history_is_text() -> None:

@@ -144,7 +144,7 @@ class ToolHost:
     def offer(self, toolset: tools.Toolset) -> asyncio.Future[None] | None:
         """Make `toolset` what the CLI lists. Returns a future that is done once the CLI has listed it again, or None
         when nothing changed; the caller sends the `list_changed` notification and waits."""
-        if toolset.digest == self.toolset.digest:
+        if toolset.lists_like(self.toolset):
             self.toolset = toolset  # the same listing; the choice may differ
             return None
         self.toolset = toolset

@@ -211,6 +211,7 @@ async def test_metrics_parse_and_move(cli_env: Path, start_proxy: ProxyFactory, 
     assert metric(after, "maxproxy_tokens_total", key="alice", model=MODEL, kind="output") > 0
     assert metric(after, "maxproxy_time_to_first_token_seconds_count", model=MODEL) == 1
     assert metric(after, "maxproxy_workers_started_total") >= 1
+    assert metric(after, "maxproxy_bus_dropped_total") == 0
     async with proxy.http.get(f"{proxy.url}/metrics", headers={"Authorization": "Bearer sk-alice-0001"}) as response:
         assert response.status == 403  # only admin keys read metrics
 

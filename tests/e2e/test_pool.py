@@ -269,6 +269,7 @@ async def test_the_event_bus_sees_every_turn_and_never_slows_it(proxy: Proxy, up
     assert ref.model == "claude-sonnet-4"
     assert ref.request_id
     assert stuck.dropped > 0
+    assert bus.dropped >= stuck.dropped
     reader.close()
     stuck.close()
 
