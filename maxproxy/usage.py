@@ -72,8 +72,10 @@ class Ledger:
             row = self._pending.popleft()
             try:
                 await self.rows.add(row)
-            except BaseException:
-                self._pending.appendleft(row)  # not lost to a failed write or a cancelled flush
+            except asyncio.CancelledError:
+                raise  # the statement still runs to its end (the store does not abandon it): the row is written
+            except Exception:
+                self._pending.appendleft(row)  # a failed write is tried again, not lost
                 raise
 
     async def run(self) -> None:

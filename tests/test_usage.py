@@ -121,3 +121,16 @@ async def test_noted_usage_counts_at_once_and_the_writer_stores_it(store: Store)
     finally:
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
+
+
+async def test_a_flush_cancelled_mid_write_writes_the_row_once(store: Store) -> None:
+    rows = UsageStore(store)
+    ledger = Ledger(rows)
+    ledger.note("bot", "claude-sonnet-4", usage(10, 0, 5), 0.0)
+    flushing = asyncio.create_task(ledger.flush())
+    await asyncio.sleep(0)  # its statement is under way on the store's thread
+    flushing.cancel()
+    await asyncio.gather(flushing, return_exceptions=True)
+    await ledger.flush()  # what shutdown does after cancelling the writer
+    [row] = await rows.since(day(0))
+    assert row.requests == 1
