@@ -421,19 +421,21 @@ class Worker:
         """Run the watchdog (and keepalive ticks) for the events read inside: one timer task per turn rather than a
         timer per event, which matters when every token is an event."""
         self._watch_id += 1
-        self._last_event = time.monotonic()
-        task = asyncio.create_task(self._watch(self._watch_id, watchdog, tick), name=f"{self.name}-watch")
+        self._last_event = started = time.monotonic()
+        task = asyncio.create_task(self._watch(self._watch_id, watchdog, tick, started), name=f"{self.name}-watch")
         try:
             yield
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    async def _watch(self, watch: int, watchdog: Watchdog, tick: float | None) -> None:
+    async def _watch(self, watch: int, watchdog: Watchdog, tick: float | None, started: float) -> None:
         last_tick = 0.0
         while True:
             now = time.monotonic()
-            deadline = min(self.last_activity + watchdog.inactivity, watchdog.deadline)
+            # Silence counts from the later of the watch's start and the last output line: a worker that was quiet
+            # for hours before this turn (or a hung turn being interrupted) gets the whole limit.
+            deadline = min(max(self.last_activity, started) + watchdog.inactivity, watchdog.deadline)
             if now >= deadline:
                 if now >= watchdog.deadline:
                     error = errors.Timeout(f"The turn ran past the {watchdog.cap:g}s limit", code="turn_timeout")
