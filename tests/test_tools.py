@@ -492,3 +492,29 @@ async def test_offer_of_new_tools_is_done_once_the_cli_lists_them() -> None:
     assert listed.done()
     assert host.responses()[0][1]["result"]["tools"] == toolset.listing()
     assert host.host.offer(parse(fn())) is None
+
+
+async def test_a_listing_that_drops_a_tool_a_turn_had_needs_a_new_server() -> None:
+    host = Host().host
+
+    def needs(h: ToolHost) -> bool:  # a call, so that mypy does not narrow the property between the checks
+        return h.needs_server
+
+    weather, time_ = parse(fn()), parse(fn(), fn("get_time"))
+    host.offer(weather)
+    assert not needs(host)  # nothing went to a turn yet: relisting is enough
+    host.listed_for_turn()
+    host.offer(time_)
+    assert not needs(host)  # a superset: the CLI's kept tools are all in it
+    host.listed_for_turn()
+    host.offer(tools.Toolset())
+    assert needs(host)
+    assert host.replace_server() == ("client1", [f"mcp__client{n}" for n in range(1, 17)])
+    assert host.server == "client1"
+    assert not needs(host)  # nothing was offered under the new name
+    changed = parse(fn(description="another text"))
+    host.offer(weather)
+    host.listed_for_turn()
+    host.offer(changed)
+    assert needs(host)  # same name, another definition
+    assert host.replace_server() == ("client2", None)  # its permission rule came with the first update

@@ -70,19 +70,23 @@ def initialize_request(settings: Settings, launch: Launch | None) -> dict[str, o
     process's system prompt."""
     fields: dict[str, object] = {
         "sdkMcpServers": [tools.SERVER],
-        "sdkMcpServerConfigs": {
-            tools.SERVER: {
-                # maxproxy's own `tool_wait` ends a wait; the CLI's timeout (in ms) only backs it up.
-                "timeout": int((settings.tool_wait + 60) * 1000),
-                # A call waits on the client, however long: never moved to a background task.
-                "disableAutoBackground": True,
-            }
-        },
+        "sdkMcpServerConfigs": {tools.SERVER: server_config(settings)},
     }
     if launch is not None and launch.system_prompt is not None:
         key = "systemPrompt" if settings.system_prompt_mode == "replace" else "appendSystemPrompt"
         fields[key] = [launch.system_prompt] if key == "systemPrompt" else launch.system_prompt
     return fields
+
+
+def server_config(settings: Settings) -> dict[str, object]:
+    """How the CLI treats the calls of the client's tool server (in `initialize`, and for each server that replaces
+    it through `mcp_set_servers`, which takes the same fields)."""
+    return {
+        # maxproxy's own `tool_wait` ends a wait; the CLI's timeout (in ms) only backs it up.
+        "timeout": int((settings.tool_wait + 60) * 1000),
+        # A call waits on the client, however long: never moved to a background task.
+        "disableAutoBackground": True,
+    }
 
 
 def environment(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:

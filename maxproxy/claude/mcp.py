@@ -5,8 +5,11 @@ The CLI lists the tools (`tools/list`) and calls them (`tools/call`, which carri
 call that passes the request's rules is not answered: it waits, the worker reports it as a `ToolCall` event, maxproxy
 hands it to the client as an OpenAI `tool_calls` answer, and the client's follow-up request supplies the result
 (`answer`), which lets the CLI's turn go on where it stopped. A call that breaks the rules is answered at once with an
-error result the model reads. When a request brings other tools than the worker lists, the CLI is told
-(`notifications/tools/list_changed`) and lists them again before the turn starts.
+error result the model reads. When a request brings other tools than the worker lists, the CLI lists them again
+before the turn starts: after `notifications/tools/list_changed` when the new listing still holds every tool the CLI
+has sent upstream under the server's name (the CLI keeps those for the rest of its session, whatever the listing
+says: measured), otherwise under a new server name that replaces the old server (`mcp_set_servers`), so that the
+upstream sees exactly the request's tools and never another request's.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ log = structlog.get_logger("maxproxy.mcp")
 
 PROTOCOL_FALLBACK = "2025-06-18"
 RELIST_TIMEOUT = 10.0
+ALLOW_AHEAD = 16  # server names allowed by one settings update
 
 
 class Pending:
@@ -44,6 +48,11 @@ class ToolHost:
         self.toolset = tools.Toolset()
         self.pending: dict[str, Pending] = {}  # by tool_use id, in the order the CLI called
         self._listed: asyncio.Future[None] | None = None  # set when the CLI has listed the current tools
+        self.server = tools.SERVER  # the name the CLI knows the server by; never used again once replaced
+        self._servers = 0
+        self._allowed = 0  # the names up to `client<_allowed>` have a permission rule (`--allowedTools` has `client`)
+        self._offered: list[tools.Tool] = []  # every tool listed for a turn under this name: the CLI keeps them
+        self._recorded: tuple[tools.Tool, ...] = ()
 
     @property
     def waiting(self) -> bool:
@@ -142,8 +151,8 @@ class ToolHost:
             pass  # the process is gone; whoever waits on its turn learns that from its events
 
     def offer(self, toolset: tools.Toolset) -> asyncio.Future[None] | None:
-        """Make `toolset` what the CLI lists. Returns a future that is done once the CLI has listed it again, or None
-        when nothing changed; the caller sends the `list_changed` notification and waits."""
+        """Make `toolset` what the CLI lists for the next turn. Returns a future that is done once the CLI has listed
+        it again, or None when nothing changed; the caller tells the CLI (see `needs_server`) and waits."""
         if toolset.lists_like(self.toolset):
             self.toolset = toolset  # the same listing; the choice may differ
             return None
@@ -152,3 +161,28 @@ class ToolHost:
             self._listed.cancel()  # an earlier change that was never listed: this one replaces it
         self._listed = asyncio.get_running_loop().create_future()
         return self._listed
+
+    @property
+    def needs_server(self) -> bool:
+        """Whether the current listing drops or changes a tool the CLI may have sent upstream under this name: a
+        `list_changed` would leave that tool in every later request of the process (measured), so only a new server
+        gives the CLI exactly this listing."""
+        return any(tool not in self.toolset.tools for tool in self._offered)
+
+    def listed_for_turn(self) -> None:
+        """The current listing goes to a turn: the CLI will keep its tools under this name."""
+        if self.toolset.tools is not self._recorded:  # agents send the same tools every time: nothing new then
+            self._recorded = self.toolset.tools
+            self._offered += [tool for tool in self.toolset.tools if tool not in self._offered]
+
+    def replace_server(self) -> tuple[str, list[str] | None]:
+        """A new name for the server (the caller registers it in place of the old one; nothing is offered under it
+        yet), and the permission rules the CLI must get first when that name has none yet. A rule costs a settings
+        update (~18 ms against ~4 ms for the new server: measured), so each update allows the next few names too."""
+        self._servers += 1
+        self.server = f"{tools.SERVER}{self._servers}"
+        self._offered, self._recorded = [], ()
+        if self._servers <= self._allowed:
+            return self.server, None
+        self._allowed = self._servers + ALLOW_AHEAD - 1
+        return self.server, [f"mcp__{tools.SERVER}{n}" for n in range(self._servers, self._allowed + 1)]

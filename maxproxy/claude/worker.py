@@ -211,12 +211,14 @@ class Worker:
         try:
             fields = command.initialize_request(settings, launch)
             worker.info = await worker.control("initialize", timeout=START_TIMEOUT, **fields)
-        except errors.ProxyError:
-            await worker._wait_exit()
-            await worker.close()
-            raise errors.CLIUnavailable(worker._exit_message("at start-up")) from None
-        except BaseException:
-            await worker.close()
+        except BaseException as exc:
+            try:
+                if isinstance(exc, errors.ProxyError):
+                    await worker._wait_exit()  # its exit code and stderr make the message
+            finally:
+                await worker._reap()
+            if isinstance(exc, errors.ProxyError):
+                raise errors.CLIUnavailable(worker._exit_message("at start-up")) from None
             raise
         return worker
 
@@ -255,6 +257,20 @@ class Worker:
     async def close(self) -> None:
         """Stop and reap the process. A cancelled caller does not cancel the stop: its owner awaits it later."""
         await asyncio.shield(self.stop())
+
+    async def _reap(self) -> None:
+        """Stop and reap the process before returning, even if cancelled meanwhile (the stop ladder is bounded); the
+        cancellation is raised once the process is gone. A start that is cancelled thus ends only when its process
+        has, so whoever counts processes by their starts never counts a live one as gone."""
+        task = self.stop()
+        cancelled = False
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def _close(self) -> None:
         step = self.settings.stop_step_timeout
@@ -351,7 +367,7 @@ class Worker:
                 else:
                     future.set_exception(errors.CLIFailed(f"CLI control request failed: {event.response.error}"))
         elif isinstance(event, ControlRequest):
-            if event.request.subtype == "mcp_message" and event.request.server_name == tools.SERVER:
+            if event.request.subtype == "mcp_message" and event.request.server_name == self.tools.server:
                 self.tools.handle(event)
             else:
                 self._refuse(event)
@@ -468,17 +484,33 @@ class Worker:
             self._options = options
 
     async def offer(self, toolset: tools.Toolset) -> None:
-        """List these client tools (none: an empty toolset) for the next turn; a change is announced to the CLI and
-        takes effect once it has listed the tools again (measured: at once)."""
+        """List exactly these client tools (none: an empty toolset) for the next turn. A change takes effect once the
+        CLI has listed the tools again. The CLI keeps every tool it has sent upstream under a server's name for the
+        rest of the process, whatever a later listing says (measured: `list_changed` only adds), so a listing that
+        drops or changes such a tool goes to a new server in place of the old one (~15-40 ms); a turn that waits on
+        calls keeps its server, whose calls are open."""
         listed = self.tools.offer(toolset)
-        if listed is None:
-            return
-        notice = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
-        await self.control("mcp_message", server_name=tools.SERVER, message=notice)
-        try:
-            await asyncio.wait_for(asyncio.shield(listed), RELIST_TIMEOUT)
-        except TimeoutError:
-            raise errors.CLIFailed(f"The CLI did not list the client's tools again in {RELIST_TIMEOUT:g}s") from None
+        if listed is not None:
+            if self.tools.needs_server and not self.tools.waiting:
+                await self._replace_server()
+            else:
+                notice = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+                await self.control("mcp_message", server_name=self.tools.server, message=notice)
+            try:
+                await asyncio.wait_for(asyncio.shield(listed), RELIST_TIMEOUT)
+            except TimeoutError:
+                message = f"The CLI did not list the client's tools again in {RELIST_TIMEOUT:g}s"
+                raise errors.CLIFailed(message) from None
+        self.tools.listed_for_turn()
+
+    async def _replace_server(self) -> None:
+        name, rules = self.tools.replace_server()
+        if rules is not None:  # `--allowedTools` names the first server only; these rules replace the last ones
+            await self.control("apply_flag_settings", settings={"permissions": {"allow": rules}})
+        config = {"type": "sdk", "name": name, **command.server_config(self.settings)}
+        answer = await self.control("mcp_set_servers", servers={name: config})
+        if answer.get("errors") or name not in answer.get("added", ()):
+            raise errors.CLIFailed(f"The CLI did not take the client's tools: {answer}")
 
     @property
     def waiting(self) -> bool:
