@@ -20,7 +20,7 @@ from maxproxy import __version__, doctor, logs, systemd
 from maxproxy.app import create_app
 from maxproxy.keys import Keyring, KeysError
 from maxproxy.settings import Settings, SettingsError, config_file, load
-from maxproxy.state import KEYS, POOL
+from maxproxy.state import INFLIGHT, KEYS, POOL
 
 log = structlog.get_logger("maxproxy")
 
@@ -40,14 +40,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+CUT_AFTER_DRAIN = 1.0  # seconds the server still gives handlers once the drain is over
 READY_WAIT = 60.0  # readiness waits this long for warm workers, then is reported anyway (with what is wrong)
 
 
 async def serve(settings: Settings, config: Path | None) -> None:
     app = create_app(settings)
     keys = app[KEYS]
-    # handler_cancellation: a client that disconnects cancels its handler, which stops its CLI turn at once.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    # handler_cancellation: a client that disconnects cancels its handler, which stops its CLI turn at once. The
+    # drain below waits for the requests in flight; what is left after it is cut at once.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CUT_AFTER_DRAIN)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
@@ -74,10 +76,14 @@ async def serve(settings: Settings, config: Path | None) -> None:
         finally:
             ready.cancel()
             await asyncio.gather(ready, return_exceptions=True)
-        # New requests get 503 from here on; turns in flight get `shutdown_timeout` to finish.
+        # New requests get 503 + Retry-After from here on, from a listener that stays open until the requests in
+        # flight have finished (or `shutdown_timeout` has passed): closing it first would refuse them at the socket.
         log.info("stopping", drain_seconds=settings.shutdown_timeout)
         systemd.notify("STOPPING=1", "STATUS=draining")
         app[POOL].drain()
+        inflight = app[INFLIGHT]
+        if not await inflight.drain(settings.shutdown_timeout):
+            log.warning("drain_timeout", requests=inflight.count)
     finally:
         await runner.cleanup()
     log.info("stopped")

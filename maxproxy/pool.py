@@ -95,6 +95,19 @@ class _Waiter:
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
+class _Start:
+    """A worker start in progress. A start for the warm set is nobody's: it may be cancelled (once) to make room. A
+    start a request asked for belongs to that request: nobody else cancels it, it is handed to that request alone, and
+    if the request leaves meanwhile the worker joins the idle set (or, holding a resumed session, is stopped)."""
+
+    __slots__ = ("cancelling", "launch", "owned")
+
+    def __init__(self, launch: Launch, *, owned: bool) -> None:
+        self.launch = launch
+        self.owned = owned
+        self.cancelling = False
+
+
 class Pool:
     def __init__(self, settings: Settings, bus: Bus | None = None) -> None:
         self.settings = settings
@@ -102,7 +115,7 @@ class Pool:
         self._live: set[Worker] = set()  # processes counted against max_workers: idle, lent, being taken back
         self._idle: dict[Launch, list[Worker]] = {}
         self._held: dict[str, Worker] = {}  # idle workers that still hold a conversation, by conversation id
-        self._starting: dict[asyncio.Task[Worker | errors.ProxyError], Launch] = {}
+        self._starting: dict[asyncio.Task[Worker | errors.ProxyError], _Start] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self._returns: set[asyncio.Task[None]] = set()
         self._busy: collections.Counter[str] = collections.Counter()
@@ -120,6 +133,7 @@ class Pool:
         self._closed = False
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()  # a worker was parked or a start ended: `warm` may have changed
+        self._changed = asyncio.Event()  # replaced on every change that can make room (see `_notify`)
         self._maintainer: asyncio.Task[None] | None = None
         self.counts: collections.Counter[str] = collections.Counter()  # spawned, recycled:<reason>, ...
 
@@ -210,6 +224,7 @@ class Pool:
                 waiter.future.set_exception(errors.Unavailable("maxproxy is shutting down", retry_after=5))
         self._waiters.clear()
         self._queued.clear()
+        self._notify()  # requests waiting for room get their 503 too
 
     async def close(self) -> None:
         """Stop every worker (interrupting turns still running) and reap them all."""
@@ -362,8 +377,8 @@ class Pool:
             raise
 
     async def _checkout(self, launch: Launch) -> Worker:
-        """An idle worker for this launch: one already warm, one about to be, or a new one. A new worker is started
-        by a task of the pool's, so a request that leaves meanwhile does not waste it: it joins the idle set."""
+        """An idle worker for this launch: one already warm, one the warm set is about to have, an emptied held one, or
+        a new one started for this request."""
         while True:
             idle = self._idle.get(launch)
             while idle:
@@ -372,39 +387,71 @@ class Pool:
                     self._wake.set()  # the maintainer refills the warm set
                     return worker
                 self._retire(worker, "exited_idle")
-            pending = [task for task, key in self._starting.items() if key == launch]
-            mine = None
-            if not pending and (reclaimed := await self._reclaim(launch)) is not None:
+            if self.draining:
+                raise errors.Unavailable("maxproxy is shutting down", retry_after=5)
+            warming = [t for t, s in self._starting.items() if s.launch == launch and not s.owned and not s.cancelling]
+            if warming:
+                # A start for the warm set is under way: it is parked idle when it is up (or cancelled for room).
+                await asyncio.wait(warming, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if (reclaimed := await self._reclaim(launch)) is not None:
                 return reclaimed
-            if not pending:
-                await self._make_room()
-                if self.backoff_seconds:
-                    raise errors.Unavailable(
-                        f"CLI workers keep failing to start: {self.last_error}",
-                        retry_after=self.backoff_seconds,
-                        code="cli_unavailable",
-                    )
-                mine = self._start(launch)
-                pending = [mine]
-            await asyncio.wait(pending)
-            if mine is not None and not mine.cancelled() and isinstance(failure := mine.result(), errors.ProxyError):
-                raise failure
+            if self._idle.get(launch):
+                continue  # a worker was parked while the held ones were looked at
+            return await self._start_for_request(launch)
+
+    async def _resume(self, launch: Launch, session: str) -> Worker:
+        if session in self.sessions():
+            # A live worker still runs that session (it was reclaimed for another conversation meanwhile): never two
+            # processes on one session. The caller replays the conversation instead.
+            raise ResumeFailed(f"CLI session {session} is in use by another worker")
+        return await self._start_for_request(launch, resume=session)
+
+    async def _start_for_request(self, launch: Launch, *, resume: str | None = None) -> Worker:
+        """Start a worker that belongs to the calling request. Room is made and the start begun in one step (no
+        await between them), so concurrent callers never push the processes past `max_workers`."""
+        await self._make_room()
+        if resume is None and self.backoff_seconds:
+            raise errors.Unavailable(
+                f"CLI workers keep failing to start: {self.last_error}",
+                retry_after=self.backoff_seconds,
+                code="cli_unavailable",
+            )
+        task = self._start(launch, resume=resume, owned=True)
+        try:
+            started = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The request left: a new worker joins the idle set once it is up; one on a resumed session (a
+            # conversation's context nobody now continues) is stopped.
+            task.add_done_callback(self._abandon if resume is not None else self._adopt_orphan)
+            raise
+        if isinstance(started, Worker):
+            return started
+        if resume is not None:
+            raise ResumeFailed(f"Cannot resume CLI session {resume}: {started.message}")
+        raise started
 
     async def _make_room(self) -> None:
-        """Keep processes within max_workers: stop the least recently used idle worker (plain or holding a
-        conversation) or a start in progress, and wait for processes being stopped to be gone."""
+        """Wait until one more process fits within max_workers: stop the least recently used idle worker (plain or
+        holding a conversation), else cancel a start for the warm set (never one that a request waits for), and wait
+        for what is stopping to be gone. Returns with room, and the caller starts its process before it awaits."""
         while self._processes() >= self.settings.max_workers:
+            if self.draining:
+                raise errors.Unavailable("maxproxy is shutting down", retry_after=5)
+            changed = self._changed  # taken before looking, so that no change after the look is missed
             idle = [w for workers in self._idle.values() for w in workers] + list(self._held.values())
             if idle:
                 self._retire(min(idle, key=lambda w: w.idle_since), "room")
-            elif self._starting:
-                task = next(iter(self._starting))
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-            if self._stopping and self._processes() >= self.settings.max_workers:
-                await asyncio.wait(set(self._stopping), return_when=asyncio.FIRST_COMPLETED)
-            elif not idle and not self._starting:
-                break  # every process is lent: cannot happen while the caller holds a slot
+            elif spare := next((t for t, s in self._starting.items() if not s.owned and not s.cancelling), None):
+                self._starting[spare].cancelling = True  # once: a second cancel would cut its process's reaping short
+                spare.cancel()
+            if self._processes() >= self.settings.max_workers:
+                await changed.wait()
+
+    def _notify(self) -> None:
+        """Wake everyone waiting in `_make_room`: a process is gone, a start ended, or a worker went idle."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def _adopt(self, worker: Worker) -> None:
         self._live.add(worker)
@@ -432,6 +479,7 @@ class Pool:
         if previous is not None:
             self._retire(previous, "superseded")
         self._held[conversation] = worker
+        self._notify()  # a held worker can be reclaimed or stopped for room
 
     def holds(self, conversation: str) -> bool:
         return conversation in self._held
@@ -446,23 +494,6 @@ class Pool:
         worker = self._held.pop(conversation, None)
         if worker is not None:
             self._retire(worker, "forgotten")
-
-    async def _resume(self, launch: Launch, session: str) -> Worker:
-        if session in self.sessions():
-            # A live worker still runs that session (it was reclaimed for another conversation meanwhile): never two
-            # processes on one session. The caller replays the conversation instead.
-            raise ResumeFailed(f"CLI session {session} is in use by another worker")
-        await self._make_room()
-        task = self._start(launch, resume=session, park=False)
-        try:
-            started = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            # The request left; the worker, once started, is nobody's: stop it rather than leak it.
-            task.add_done_callback(self._abandon)
-            raise
-        if isinstance(started, Worker):
-            return started
-        raise ResumeFailed(f"Cannot resume CLI session {session}: {started.message}")
 
     async def _reclaim(self, launch: Launch) -> Worker | None:
         """Empty the least recently used worker that holds a conversation (a few ms of rewinds, against a start of
@@ -484,8 +515,17 @@ class Pool:
         if not task.cancelled() and isinstance(worker := task.result(), Worker):
             self._retire(worker, "abandoned")
 
+    def _adopt_orphan(self, task: asyncio.Task[Worker | errors.ProxyError]) -> None:
+        """A worker started for a request that left: it joins the idle set."""
+        if not task.cancelled() and isinstance(worker := task.result(), Worker):
+            if self.draining:
+                self._retire(worker, "shutdown")
+            else:
+                self._park(worker)
+
     def _park(self, worker: Worker) -> None:
         self._settled.set()
+        self._notify()
         worker.rest()
         launch = worker.launch or Launch(model="")
         self._idle.setdefault(launch, []).append(worker)
@@ -506,6 +546,7 @@ class Pool:
         def stopped(_: asyncio.Task[None]) -> None:
             self._stopping.discard(task)
             self._unregister(worker)
+            self._notify()
 
         task.add_done_callback(stopped)
         self._wake.set()
@@ -631,27 +672,31 @@ class Pool:
         if self.draining or self.backoff_seconds:
             return
         for launch in self._warm_launches():
-            have = len(self._idle.get(launch, [])) + sum(1 for key in self._starting.values() if key == launch)
+            have = len(self._idle.get(launch, [])) + sum(
+                1 for s in self._starting.values() if s.launch == launch and not s.owned
+            )
             while have < self.settings.min_idle and self._processes() < self.settings.max_workers:
                 self._start(launch)
                 have += 1
 
     def _start(
-        self, launch: Launch, *, resume: str | None = None, park: bool = True
+        self, launch: Launch, *, resume: str | None = None, owned: bool = False
     ) -> asyncio.Task[Worker | errors.ProxyError]:
-        task = asyncio.create_task(self._start_worker(launch, resume, park), name=f"start-{launch.model}")
-        self._starting[task] = launch
+        task = asyncio.create_task(self._start_worker(launch, resume, owned), name=f"start-{launch.model}")
+        self._starting[task] = _Start(launch, owned=owned)
         task.add_done_callback(self._started)
         return task
 
     def _started(self, task: asyncio.Task[Worker | errors.ProxyError]) -> None:
+        # A start's task ends only once its process is adopted (counted in `_live`) or reaped: the count never dips.
         self._starting.pop(task, None)
         self._settled.set()
         self._wake.set()
+        self._notify()
 
-    async def _start_worker(self, launch: Launch, resume: str | None, park: bool) -> Worker | errors.ProxyError:
-        """Start a worker; parked idle unless the caller takes it. The start-up error, if any, is returned (for the
-        request that wanted the worker) rather than raised."""
+    async def _start_worker(self, launch: Launch, resume: str | None, owned: bool) -> Worker | errors.ProxyError:
+        """Start a worker: handed to the request that owns the start, else parked idle. The start-up error, if any,
+        is returned (for the request that wanted the worker) rather than raised."""
         try:
             worker = await Worker.start(self.settings, launch, resume=resume)
         except errors.ProxyError as exc:
@@ -659,9 +704,11 @@ class Pool:
                 self._start_failed(exc)
             return exc
         self._adopt(worker)
+        if owned:
+            return worker  # its request is in flight: it gets the worker, draining or not
         if self.draining:
             self._retire(worker, "shutdown")
-        elif park:
+        else:
             self._park(worker)
         return worker
 

@@ -4,6 +4,7 @@ record the access log line is built from.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -33,6 +34,44 @@ QUOTAS = web.AppKey("quotas", Quotas)
 BREAKER = web.AppKey("breaker", Breaker)
 METRICS = web.AppKey("metrics", Metrics)
 NOTIFIER = web.AppKey("notifier", Notifier)  # only when Telegram is configured
+
+
+class Inflight:
+    """The requests that came before the drain and are still being answered: the drain waits for them while the
+    listener stays open (later requests are answered 503), so nothing in flight is cut and nothing new is refused
+    at the socket."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> bool:
+        """Count a request (False once the drain began: it is not waited for)."""
+        if self.closing:
+            return False
+        self.count += 1
+        self._idle.clear()
+        return True
+
+    def leave(self) -> None:
+        self.count -= 1
+        if not self.count:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop counting new requests and wait for the counted ones; False if some were still running at `timeout`."""
+        self.closing = True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+INFLIGHT = web.AppKey("inflight", Inflight)
 
 
 @dataclass

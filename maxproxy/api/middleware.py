@@ -16,7 +16,7 @@ from maxproxy import errors
 from maxproxy.conversation import owner_of
 from maxproxy.errors import Handler
 from maxproxy.keys import LOCAL
-from maxproxy.state import ACCESS, KEY, KEYS, METRICS, OWNER, SETTINGS, Access
+from maxproxy.state import ACCESS, INFLIGHT, KEY, KEYS, METRICS, OWNER, SETTINGS, Access
 
 log = structlog.get_logger("maxproxy.access")
 
@@ -33,6 +33,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     access = request[ACCESS] = Access()
     started = time.monotonic()
     status = 500
+    counted = request.app[INFLIGHT].enter()
     try:
         response = await handler(request)
         status = response.status
@@ -44,6 +45,8 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = 499  # the client went away (nginx's convention)
         raise
     finally:
+        if counted:
+            request.app[INFLIGHT].leave()
         if request.path == "/v1/chat/completions":
             request.app[METRICS].request(access, status, time.monotonic() - started)
         log.info(

@@ -356,12 +356,18 @@ async def test_sigterm_lets_streams_in_flight_finish(cli_env: Path, upstream: Fa
         "MAXPROXY_LOG_FORMAT": "json",
         "MAXPROXY_SHUTDOWN_TIMEOUT": "20",
     }
-    async with daemon(env) as (proc, url, _):
+    async with daemon(env) as (proc, url, records):
         async with aiohttp.ClientSession() as http:
             responses = [await http.post(url + CHAT, json={**ask(f"stream {n}"), "stream": True}) for n in range(2)]
             for response in responses:
                 await response.content.readline()  # both streams are under way
             proc.send_signal(signal.SIGTERM)
+            await wait_for(lambda: any(r["event"] == "stopping" for r in records))
+            # The listener stays open while the streams finish: a new request is refused with 503, not at the socket.
+            async with http.post(url + CHAT, json=ask("too late"), headers={"Connection": "close"}) as late:
+                assert late.status == 503
+                assert int(late.headers["Retry-After"]) >= 1
+                assert (await late.json())["error"]["type"] == "service_unavailable"
             streams = [await sse.read(response) for response in responses]
         for stream in streams:
             assert stream.text == "word " * 30

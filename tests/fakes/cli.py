@@ -1,6 +1,7 @@
 """A fake `claude` for the faults the real CLI cannot be made to produce. Never a replacement for the real CLI in
 the happy paths: the tests use it only to crash mid-stream, write garbage, stream forever, ignore SIGTERM and
-interrupts, fail at start-up, or leave a grandchild behind. In "chaos" mode each turn's prompt picks its fault
+interrupts, fail at start-up, start slowly ("slow_start": 1.5 s before `initialize` is answered), or leave a
+grandchild behind. In "chaos" mode each turn's prompt picks its fault
 ("crash", "garbage", "hang", "endless"; anything else answers).
 
 Usage: cli.py MODE [claude flags...]; it speaks just enough stream-json (init, text deltas, result, control
@@ -83,6 +84,8 @@ def main() -> None:
             subtype = line["request"]["subtype"]
             if subtype == "interrupt" and MODE == "ignore_sigterm":
                 continue
+            if subtype == "initialize" and MODE == "slow_start":
+                time.sleep(1.5)  # a start that takes a while: the window in which requests race for room
             answers = {
                 "initialize": {"claude_code_version": "0.0.0-fake", "account": {}},
                 "rewind_conversation": {"rewound": True},
