@@ -33,6 +33,7 @@ from maxproxy.state import (
     BREAKER,
     BUS,
     CLI,
+    INFLIGHT,
     KEYS,
     LEDGER,
     METRICS,
@@ -42,6 +43,7 @@ from maxproxy.state import (
     SESSIONS,
     SETTINGS,
     STORE,
+    Inflight,
 )
 from maxproxy.store import Store, UsageStore
 from maxproxy.telegram import Telegram
@@ -66,6 +68,8 @@ async def _cli_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         if status.billing == "api_key":
             log.warning("cli_bills_api_key", api_key_source=status.api_key_source)
+        if status.logged_in is False:
+            log.warning("cli_not_logged_in", path=status.path, fix=status.problem())
     yield
 
 
@@ -139,6 +143,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[context_middleware, error_middleware, origin_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
+    app[INFLIGHT] = Inflight()
     app[KEYS] = Keyring(settings)
     app[BUS] = Bus()
     app[BREAKER] = breaker = Breaker(settings)

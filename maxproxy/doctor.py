@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from maxproxy import errors
 from maxproxy.claude import command
 from maxproxy.keys import Keyring, KeysError
 from maxproxy.settings import PINNED_CLI_VERSION, Settings, SettingsError, config_file, load
@@ -119,7 +120,7 @@ def check_login(settings: Settings) -> Check:
             "login",
             False,
             "the CLI is not logged in",
-            f"run `{settings.cli_path} auth login` as the user maxproxy runs as (HOME={Path.home()})",
+            errors.login_fix(settings.cli_path),  # the same words as `/health` and the 503 answer
         )
     if os.environ.get("ANTHROPIC_API_KEY"):
         return Check(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 
 import msgspec
 import structlog
@@ -134,12 +135,31 @@ class Unavailable(ProxyError):
     code = "service_unavailable"
 
 
-class Overloaded(Unavailable):
+class Overloaded(ProxyError):
+    """The upstream's own 529, passed on as Anthropic answers it (the SDKs treat it as a retryable 5xx)."""
+
+    status = 529
+    type = "overloaded_error"
     code = "upstream_overloaded"
 
 
 class CLIUnavailable(Unavailable):
     code = "cli_unavailable"
+
+
+class CLINotLoggedIn(Unavailable):
+    """The CLI has no login (no subscription token, no API key): nothing can be answered until it is logged in."""
+
+    code = "cli_not_logged_in"
+
+    @classmethod
+    def of(cls, cli_path: str) -> CLINotLoggedIn:
+        return cls(f"The Claude Code CLI is not logged in: {login_fix(cli_path)}", retry_after=30)
+
+
+def login_fix(cli_path: str) -> str:
+    """How to log the CLI in, in the same words for `maxproxy doctor`, `/health` and the 503 answer."""
+    return f"run `{cli_path} auth login` as the user maxproxy runs as (HOME={Path.home()})"
 
 
 class Timeout(ProxyError):

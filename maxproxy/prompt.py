@@ -76,6 +76,13 @@ def build(request: ChatRequest, settings: Settings, *, start: int = 0) -> Turn:
             f"The model {request.model!r} does not exist; GET /v1/models lists the models maxproxy serves",
             param="model",
         )
+    for name in ("max_tokens", "max_completion_tokens"):
+        limit = getattr(request, name)
+        if limit is not None and limit > model.max_output_tokens:
+            raise errors.InvalidRequest(
+                f"{name} is {limit}, but {request.model!r} can write at most {model.max_output_tokens} output tokens",
+                param=name,
+            )
     if request.n is not None and request.n > 1:
         raise errors.InvalidRequest("n > 1 is not supported: the CLI returns one answer per turn", param="n")
     toolset = tools.toolset(request.tools, request.tool_choice, request.parallel_tool_calls)
@@ -255,14 +262,14 @@ def _assistant_blocks(message: AssistantMessage, where: str, as_blocks: bool) ->
             blocks.append({"type": "text", "text": text})
     if message.refusal:
         blocks.append({"type": "text", "text": message.refusal})
-    for call in message.tool_calls or []:
+    for j, call in enumerate(message.tool_calls or []):
         if as_blocks:
             blocks.append(
                 {
                     "type": "tool_use",
                     "id": tools.block_id(call.id),
                     "name": call.function.name,
-                    "input": _arguments(call.function.arguments),
+                    "input": _arguments(call.function.arguments, f"{where}.tool_calls[{j}].function.arguments"),
                 }
             )
             continue
@@ -276,11 +283,13 @@ def _assistant_blocks(message: AssistantMessage, where: str, as_blocks: bool) ->
     return blocks
 
 
-def _arguments(raw: str) -> Any:
+def _arguments(raw: str, where: str) -> Any:
     try:
         value = msgspec.json.decode(raw or "{}")
     except msgspec.DecodeError:
         return {"arguments": raw}
+    except RecursionError:  # `routes.decode` refuses these first (`ChatRequest.deep_field`); a direct caller may not
+        raise errors.InvalidRequest(f"{where} nests JSON too deep", param=where, code="too_deep") from None
     return value if isinstance(value, dict) else {"arguments": value}
 
 

@@ -1,8 +1,9 @@
 """Per-key quotas: which models a key may use, how many of its requests may be in flight (`max_concurrent`), how
 many may start per minute (`rpm`), and how many tokens it may use per UTC day and per 7 days (`daily_tokens`,
-`weekly_tokens`). A key over a limit gets 429 with `Retry-After`; every answer to a key with limits carries
-OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers, so the OpenAI SDKs back off on their own.
-Fair sharing between keys inside each model's concurrency limit is the pool's (`Pool._grant`).
+`weekly_tokens`). Every answer to a key with limits carries OpenAI's `x-ratelimit-*` headers (limit, remaining and
+reset of requests and tokens), so the OpenAI SDKs back off on their own; a key over a limit gets 429 with
+`Retry-After` and the same headers, none remaining of the limit it hit (a `max_concurrent` 429 gives that limit as the
+requests one). Fair sharing between keys inside each model's concurrency limit is the pool's (`Pool._grant`).
 """
 
 from __future__ import annotations
@@ -84,11 +85,19 @@ class Quotas:
         """One request of `key` in flight; yields the headers its answer carries. Raises 429 when over a limit."""
         now = time.monotonic()
         if key.max_concurrent is not None and self._in_flight[key.name] >= key.max_concurrent:
+            # No request's end can be foreseen: a second is the estimate. The request headers name the limit that
+            # refused this one (the rpm's own state would say requests remain, which is not so now).
+            retry_after = 1.0
             raise errors.RateLimited(
                 f"The API key {key.name!r} has {key.max_concurrent} requests in flight, its `max_concurrent`",
-                retry_after=1,
+                retry_after=retry_after,
                 code="key_concurrency_limit",
-                headers=self.headers(key, now),
+                headers={
+                    **self.headers(key, now),
+                    "x-ratelimit-limit-requests": str(key.max_concurrent),
+                    "x-ratelimit-remaining-requests": "0",
+                    "x-ratelimit-reset-requests": duration(retry_after),
+                },
             )
         if key.rpm is not None:
             starts = self._recent(key, now)

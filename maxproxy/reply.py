@@ -20,7 +20,7 @@ import time
 
 import msgspec
 
-from maxproxy import errors
+from maxproxy import breaker, errors
 from maxproxy.api.schema import (
     AssistantMessage,
     ChatCompletion,
@@ -51,8 +51,9 @@ MESSAGE_SEPARATOR = "\n\n"  # between the texts of consecutive model calls in on
 
 
 class Assembler:
-    def __init__(self, *, streaming: bool = True, continuation: bool = False) -> None:
+    def __init__(self, *, streaming: bool = True, continuation: bool = False, cli_path: str = "claude") -> None:
         self.streaming = streaming
+        self.cli_path = cli_path  # named in the answer when the CLI turns out not to be logged in
         # Going on with a turn that waited for tool results: the CLI's result counts the whole turn, so this
         # answer's usage comes from its own model calls.
         self.continuation = continuation
@@ -223,7 +224,7 @@ class Assembler:
         if self.stop_requested:
             return None  # the turn was interrupted on purpose at the output limit
         if self.result.is_error:
-            return error_for(self.result, self.rate_limit)
+            return error_for(self.result, self.rate_limit, cli_path=self.cli_path)
         return None
 
     def usage(self) -> Usage:
@@ -254,27 +255,42 @@ class Assembler:
 
 _EXTRA_USAGE = re.compile(r"third-party apps|extra usage", re.IGNORECASE)
 _TIMEOUT = re.compile(r"timed out|stream idle|no bytes for", re.IGNORECASE)
-DEFAULT_RETRY_AFTER = 30.0
+DEFAULT_RETRY_AFTER = 30.0  # the plan's limit, when the CLI gives no reset time
+# A passing 429/529/5xx: the CLI does not pass the upstream's own Retry-After on (its result has only the status,
+# measured with `retry-after: 2`), so the client gets a short estimate instead.
+TRANSIENT_RETRY_AFTER = 5.0
 
 
-def error_for(result: Result, rate_limit: RateLimitInfo | None = None) -> errors.ProxyError:
+def not_logged_in(result: Result) -> bool:
+    """The CLI found no credentials: it answers locally, without a request (`Not logged in · Please run /login`)."""
+    return result.is_error and (result.result or "").startswith("Not logged in")
+
+
+def error_for(
+    result: Result, rate_limit: RateLimitInfo | None = None, *, cli_path: str = "claude"
+) -> errors.ProxyError:
     """Map a CLI error result to the status an OpenAI SDK understands (protocol note §4, §12.6)."""
     status = result.api_error_status
     text = (result.result or "; ".join(result.errors or []) or result.subtype or "unknown error").strip()
     if result.subtype not in ("success", ""):
         return errors.CLIFailed(f"The CLI ended the turn with {result.subtype}: {text}")
+    if status is None and not_logged_in(result):
+        return errors.CLINotLoggedIn.of(cli_path)
     if status == 429:
+        if not (breaker.plan_limit_result(result) or breaker.plan_limit_event(rate_limit)):
+            return errors.RateLimited(f"Upstream rate limit: {text}", retry_after=TRANSIENT_RETRY_AFTER)
         retry_after = DEFAULT_RETRY_AFTER
         if rate_limit is not None and rate_limit.resetsAt:
             retry_after = max(1.0, rate_limit.resetsAt - time.time())
-        return errors.RateLimited(f"Upstream rate limit: {text}", retry_after=retry_after)
+        return errors.RateLimited(
+            f"The subscription's usage limit is reached: {text}", retry_after=retry_after, code="subscription_limit"
+        )
     if status in (401, 403):
         return errors.UpstreamAuthError(
-            f"The Claude Code CLI could not authenticate upstream ({status}: {text}). Log it in with "
-            "`claude auth login` as the user maxproxy runs as."
+            f"The Claude Code CLI could not authenticate upstream ({status}: {text}): {errors.login_fix(cli_path)}"
         )
     if status == 529 or "overloaded" in text.lower():
-        return errors.Overloaded(f"Upstream overloaded: {text}", retry_after=10)
+        return errors.Overloaded(f"Upstream overloaded: {text}", retry_after=TRANSIENT_RETRY_AFTER)
     if status == 400 and _EXTRA_USAGE.search(text):
         error = errors.ProxyError(f"Upstream refused the request: {text}", code="extra_usage_required")
         error.status, error.type = 403, "permission_error"
@@ -285,7 +301,8 @@ def error_for(result: Result, rate_limit: RateLimitInfo | None = None) -> errors
         return errors.InvalidRequest(f"Upstream rejected the request: {text}")
     if status is None and _TIMEOUT.search(text):
         return errors.Timeout(f"Upstream timed out: {text}", code="upstream_timeout")
-    return errors.UpstreamError(f"Upstream error: {text}")
+    transient = status is not None and status >= 500
+    return errors.UpstreamError(f"Upstream error: {text}", retry_after=TRANSIENT_RETRY_AFTER if transient else None)
 
 
 # --- wire format -------------------------------------------------------------------------------------------------

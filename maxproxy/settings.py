@@ -37,6 +37,7 @@ class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cli: str  # alias (`sonnet`) or full model id, passed to `claude --model`
     family: Literal["opus", "sonnet", "haiku", "other"] = "other"  # the per-family limits key (pool issue)
     created: int = 1747267200  # `created` in /v1/models; informational
+    max_output_tokens: Annotated[int, Meta(ge=1)] = 64_000  # the most a request's `max_tokens` may ask for
 
 
 def _family(name: str) -> Literal["opus", "sonnet", "haiku", "other"]:
@@ -49,11 +50,12 @@ def _family(name: str) -> Literal["opus", "sonnet", "haiku", "other"]:
 # The embedded model table. Family ids and bare aliases go to the CLI's aliases, which always name the newest model
 # of the family; pinned ids go to the CLI unchanged. It is data: `[models."id"]` tables in the config add or replace
 # entries.
+_OUTPUT_LIMITS = {"claude-opus-4-1-20250805": 32_000, "claude-opus-4-20250514": 32_000}  # Anthropic's model table
 DEFAULT_MODELS: dict[str, Model] = {
     **{f"claude-{f}-4": Model(cli=f, family=_family(f)) for f in ("opus", "sonnet", "haiku")},
     **{f: Model(cli=f, family=_family(f)) for f in ("opus", "sonnet", "haiku")},
     **{
-        pinned: Model(cli=pinned, family=_family(pinned))
+        pinned: Model(cli=pinned, family=_family(pinned), max_output_tokens=_OUTPUT_LIMITS.get(pinned, 64_000))
         for pinned in (
             "claude-opus-4-5-20251101",
             "claude-opus-4-1-20250805",

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from maxproxy import breaker, errors
+from maxproxy import breaker, errors, reply
 from maxproxy.breaker import Breaker, Trip
-from maxproxy.claude.events import RateLimitInfo, Result
+from maxproxy.claude.events import RateLimitInfo, Result, decode
 
 from tests.conftest import make_settings
 
@@ -33,6 +33,7 @@ class Clock(SimpleNamespace):
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
     monkeypatch.setattr(breaker, "time", fake)
+    monkeypatch.setattr(reply, "time", fake)  # the first answer's Retry-After, from the same clock
     return fake
 
 
@@ -204,3 +205,91 @@ def test_allowed_extra_usage_is_spent_until_it_runs_out(tmp_path: Path, clock: C
     b.observe("sonnet", served, failed(429, "You're out of extra usage · resets 5pm"))
     with pytest.raises(errors.RateLimited):
         b.check("sonnet")
+
+
+# --- recorded CLI answers (tests/fixtures/oauth: the real CLI, OAuth token, fake upstream, no retries) ------------
+
+OAUTH = Path(__file__).parent / "fixtures" / "oauth"
+
+
+def turn(name: str) -> reply.Assembler:
+    """One recorded turn fed to the reply assembler, as a request's answer would be."""
+    assembler = reply.Assembler(streaming=False)
+    for raw in (OAUTH / f"{name}.jsonl").read_bytes().splitlines():
+        event = decode(raw)
+        if event is not None:
+            assembler.feed(event)
+    return assembler
+
+
+def test_a_server_side_429_answers_one_request_and_opens_nothing(tmp_path: Path, clock: Clock) -> None:
+    # Upstream 429 + retry-after: 2 without the plan's headers: the CLI writes a bare `rejected` rate-limit event and
+    # "API Error: Server is temporarily limiting requests (not your usage limit) · Rate limited".
+    assembler = turn("server_429_retry_after_2")
+    assert assembler.rate_limit == RateLimitInfo(status="rejected", isUsingOverage=False)
+    failure = assembler.failure()
+    assert isinstance(failure, errors.RateLimited)
+    assert (failure.status, failure.code) == (429, "rate_limit_exceeded")
+    assert 1 <= int(failure.headers()["Retry-After"]) <= 5
+    b, told = make(tmp_path)
+    b.observe("sonnet", assembler.rate_limit, assembler.result)
+    assert told == []
+    for family in ("opus", "sonnet", "haiku"):
+        b.check(family)
+
+
+def test_a_529_answers_one_request_with_its_status_and_opens_nothing(tmp_path: Path, clock: Clock) -> None:
+    assembler = turn("server_529_retry_after_2")
+    failure = assembler.failure()
+    assert failure is not None
+    assert (failure.status, failure.type, failure.code) == (529, "overloaded_error", "upstream_overloaded")
+    assert 1 <= int(failure.headers()["Retry-After"]) <= 5
+    b, told = make(tmp_path)
+    b.observe("sonnet", assembler.rate_limit, assembler.result)
+    assert told == []
+
+
+def test_a_recorded_five_hour_limit_opens_every_model_until_its_reset(tmp_path: Path, clock: Clock) -> None:
+    assembler = turn("plan_limit_five_hour")
+    info = assembler.rate_limit
+    assert info is not None
+    assert info.resetsAt is not None
+    clock.now = info.resetsAt - 3600
+    failure = assembler.failure()
+    assert isinstance(failure, errors.RateLimited)
+    assert failure.code == "subscription_limit"
+    assert failure.retry_after == pytest.approx(3600, abs=2)
+    b, _ = make(tmp_path)
+    b.observe("sonnet", info, assembler.result)
+    assert open_scopes(b) == {"all": info.resetsAt}
+    for family in ("opus", "sonnet", "haiku"):
+        with pytest.raises(errors.RateLimited, match="five_hour"):
+            b.check(family)
+
+
+def test_a_recorded_weekly_opus_limit_opens_only_opus(tmp_path: Path, clock: Clock) -> None:
+    assembler = turn("plan_limit_seven_day_opus")
+    info = assembler.rate_limit
+    assert info is not None
+    assert info.resetsAt is not None
+    clock.now = info.resetsAt - 86400
+    b, _ = make(tmp_path)
+    b.observe("opus", info, assembler.result)
+    assert open_scopes(b) == {"opus": info.resetsAt}
+    with pytest.raises(errors.RateLimited):
+        b.check("opus")
+    b.check("sonnet")
+    b.check("haiku")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "API Error: Server is temporarily limiting requests (not your usage limit) · Rate limited",
+        "API Error: Request rejected (429) · rate limited",
+    ],
+)
+def test_usage_limit_words_inside_a_throttling_text_open_nothing(tmp_path: Path, clock: Clock, text: str) -> None:
+    b, told = make(tmp_path)
+    b.observe("sonnet", RateLimitInfo(status="rejected", isUsingOverage=False), failed(429, text))
+    assert told == []

@@ -198,3 +198,40 @@ def test_headers_only_for_the_limits_a_key_has(quotas: Quotas) -> None:
 def test_an_unlimited_key_is_never_refused(quotas: Quotas) -> None:
     with quotas.admit(UNLIMITED), quotas.admit(UNLIMITED), quotas.admit(UNLIMITED):
         pass
+
+
+@pytest.mark.parametrize(
+    ("limits", "tokens"),
+    [({"max_concurrent": 2}, False), ({"max_concurrent": 2, "rpm": 10, "daily_tokens": 1000}, True)],
+    ids=["concurrency-only", "with-rpm-and-budget"],
+)
+def test_a_concurrency_429_carries_the_request_headers(
+    quotas: Quotas, clock: Clock, limits: dict[str, int], tokens: bool
+) -> None:
+    key = limited(**limits)
+    with quotas.admit(key), quotas.admit(key), pytest.raises(errors.RateLimited) as caught, quotas.admit(key):
+        pass
+    headers = caught.value.headers()
+    assert caught.value.code == "key_concurrency_limit"
+    # The limit that refused it, with nothing left of it, and the same reset the Retry-After gives.
+    assert headers["x-ratelimit-limit-requests"] == "2"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"] == "1s"
+    assert headers["Retry-After"] == "1"
+    assert ("x-ratelimit-remaining-tokens" in headers) is tokens
+    if tokens:
+        assert (headers["x-ratelimit-limit-tokens"], headers["x-ratelimit-remaining-tokens"]) == ("1000", "1000")
+
+
+def test_every_key_429_carries_its_limits_headers(quotas: Quotas, clock: Clock) -> None:
+    key = limited(rpm=1, daily_tokens=1000)
+    with quotas.admit(key):
+        pass
+    with pytest.raises(errors.RateLimited) as caught, quotas.admit(key):
+        pass
+    headers = caught.value.headers()
+    assert caught.value.code == "key_rate_limit"
+    assert {name for name in headers if name.startswith("x-ratelimit-")} == {
+        f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset") for kind in ("requests", "tokens")
+    }
+    assert headers["x-ratelimit-remaining-requests"] == "0"

@@ -20,10 +20,11 @@ import structlog
 from aiohttp import web
 
 from maxproxy import __version__, errors, prompt, reply
-from maxproxy.api.schema import ChatRequest, ModelCard, ModelList, ignored_fields, request_decoder
+from maxproxy.api.schema import MAX_DEPTH, ChatRequest, ModelCard, ModelList, ignored_fields, request_decoder
 from maxproxy.api.sse import Stream
 from maxproxy.bus import Alert
-from maxproxy.claude.events import System, ToolCall, TurnEvent
+from maxproxy.claude.events import Result, System, ToolCall, TurnEvent
+from maxproxy.claude.probe import CliStatus
 from maxproxy.claude.worker import Watchdog
 from maxproxy.conversation import identify, split
 from maxproxy.metrics import CONTENT_TYPE
@@ -55,8 +56,8 @@ async def health(request: web.Request) -> web.Response:
     cli = request.app[CLI]
     pool = request.app[POOL]
     problems = []
-    if not cli.found or cli.error is not None:
-        problems.append(f"CLI: {cli.error or 'not found'}")
+    if (problem := cli.problem()) is not None:
+        problems.append(problem)
     if pool.backoff_seconds:
         problems.append(
             f"CLI workers keep failing to start ({pool.last_error}); retrying in {pool.backoff_seconds:.0f}s"
@@ -76,6 +77,7 @@ async def health(request: web.Request) -> web.Response:
             "pinned_version": cli.pinned_version,
             "api_key_source": cli.api_key_source,
             "token_source": cli.token_source,
+            "subscription_type": cli.subscription_type,
             "billing": cli.billing,
             "error": cli.error,
         },
@@ -108,16 +110,33 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 def decode(body: bytes) -> ChatRequest:
+    """The request, or a 400 for anything a client can send wrong: bad JSON, bad types, numbers out of range,
+    strings that are not UTF-8 (msgspec's UnicodeDecodeError) and nesting past `MAX_DEPTH` (past ~1,000 levels the
+    decoder's own RecursionError, which cannot say where)."""
     try:
-        return request_decoder.decode(body)
+        chat = request_decoder.decode(body)
     except msgspec.ValidationError as exc:
         message, _, where = str(exc).partition(" - at `$")
-        param = where.rstrip("`").lstrip(".") or None
+        param = where.rstrip("`").lstrip(".").replace("[...]", "") or None  # msgspec's "[...]": a dict's value
         raise errors.InvalidRequest(
             f"Invalid request: {message}" + (f" (at {param})" if param else ""), param=param
         ) from None
     except msgspec.DecodeError as exc:
         raise errors.InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    except UnicodeDecodeError as exc:
+        raise errors.InvalidRequest(
+            f"The request body is not valid JSON: a string in it is not valid UTF-8 ({exc.reason})",
+            code="invalid_json",
+        ) from None
+    except RecursionError:
+        raise errors.InvalidRequest(
+            f"The request body nests JSON deeper than the {MAX_DEPTH} levels maxproxy accepts", code="too_deep"
+        ) from None
+    if (deep := chat.deep_field()) is not None:
+        raise errors.InvalidRequest(
+            f"{deep} nests JSON deeper than the {MAX_DEPTH} levels maxproxy accepts", param=deep, code="too_deep"
+        )
+    return chat
 
 
 @routes.post("/v1/chat/completions")
@@ -188,6 +207,7 @@ def _account(request: web.Request, model: str, family: str, answer: Answer, leas
     """Record what the answer used, and let the breaker read the turn's rate-limit state."""
     assembler = answer.assembler
     request.app[BREAKER].observe(family, assembler.rate_limit, assembler.result)
+    _note_login(request.app[CLI], assembler.result)
     usage = assembler.usage()
     cost = lease.worker.turn_cost if assembler.result is not None else 0.0
     if not (usage.total_tokens or cost):
@@ -195,6 +215,20 @@ def _account(request: web.Request, model: str, family: str, answer: Answer, leas
     key = request[KEY].name
     request.app[METRICS].used(key, model, usage, cost)
     request.app[LEDGER].note(key, model, usage, cost)
+
+
+def _note_login(cli: CliStatus, result: Result | None) -> None:
+    """A "Not logged in" answer makes the CLI unready (`/health` 503) until a later turn is answered: the CLI reads
+    a login made meanwhile without a restart (measured)."""
+    if result is None:
+        return
+    if reply.not_logged_in(result):
+        if cli.logged_in is not False:
+            log.warning("cli_not_logged_in", path=cli.path)
+        cli.logged_in = False
+    elif not result.is_error and cli.logged_in is False:
+        log.info("cli_logged_in", path=cli.path)
+        cli.logged_in = True
 
 
 @routes.get("/v1/usage")
@@ -257,7 +291,9 @@ class Answer:
         self.id = reply.new_id()
         self.created = int(time.time())
         self.started = time.monotonic()
-        self.assembler = reply.Assembler(streaming=chat.stream, continuation=continuation)
+        self.assembler = reply.Assembler(
+            streaming=chat.stream, continuation=continuation, cli_path=request.app[CLI].path
+        )
         self.access = request[ACCESS]
         self._interrupted = False
 

@@ -12,6 +12,14 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 # --- request -----------------------------------------------------------------------------------------------------
 
+# Every number is bounded to what it can mean: OpenAI's ranges, and for the output limit the CLI's own maximum (the
+# model's lower one is checked in `prompt.build`). Free-form JSON (metadata, schemas, tool arguments) may nest
+# `MAX_DEPTH` levels: deeper would exhaust the recursion of the decoder or of the schema checks further on.
+CLI_MAX_OUTPUT_TOKENS = 128_000  # "Claude's response exceeded the 128000 output token maximum" (the CLI)
+MAX_DEPTH = 64
+TokenLimit = Annotated[int, Meta(ge=1, le=CLI_MAX_OUTPUT_TOKENS)]
+Penalty = Annotated[float, Meta(ge=-2, le=2)]
+
 
 class TextPart(Struct, tag="text"):
     text: str
@@ -80,19 +88,19 @@ class ChatRequest(Struct, kw_only=True):
     messages: Annotated[list[Message], Meta(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int, Meta(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
-    n: Annotated[int, Meta(ge=1)] | None = None
-    # Accepted, checked for type, and ignored (the CLI has no way to pass them); named in a response header.
-    temperature: float | UnsetType | None = UNSET
-    top_p: float | UnsetType | None = UNSET
+    max_tokens: TokenLimit | None = None
+    max_completion_tokens: TokenLimit | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = None
+    # Accepted, checked for type and range, and ignored (the CLI has no way to pass them); named in a response header.
+    temperature: Annotated[float, Meta(ge=0, le=2)] | UnsetType | None = UNSET
+    top_p: Annotated[float, Meta(ge=0, le=1)] | UnsetType | None = UNSET
     stop: str | list[str] | UnsetType | None = UNSET
-    presence_penalty: float | UnsetType | None = UNSET
-    frequency_penalty: float | UnsetType | None = UNSET
-    logit_bias: dict[str, float] | UnsetType | None = UNSET
+    presence_penalty: Penalty | UnsetType | None = UNSET
+    frequency_penalty: Penalty | UnsetType | None = UNSET
+    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | UnsetType | None = UNSET
     logprobs: bool | UnsetType | None = UNSET
-    top_logprobs: int | UnsetType | None = UNSET
-    seed: int | UnsetType | None = UNSET
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | UnsetType | None = UNSET
+    seed: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | UnsetType | None = UNSET
     response_format: dict[str, Any] | UnsetType | None = UNSET
     service_tier: str | UnsetType | None = UNSET
     # Honoured: the client's tools (checked in `tools.toolset`).
@@ -111,6 +119,49 @@ class ChatRequest(Struct, kw_only=True):
     def token_limit(self) -> int | None:
         # LangChain renames one to the other; they mean the same limit.
         return self.max_completion_tokens or self.max_tokens
+
+    def deep_field(self) -> str | None:
+        """The first free-form field (or tool call's `arguments`) that nests deeper than `MAX_DEPTH`, as a param."""
+        fields: list[tuple[str, Any]] = [
+            ("metadata", self.metadata),
+            ("tool_choice", self.tool_choice),
+            ("response_format", self.response_format),
+            *((f"tools[{i}]", tool) for i, tool in enumerate(self.tools or [])),
+        ]
+        for where, value in fields:
+            if too_deep(value):
+                return where
+        for i, message in enumerate(self.messages):
+            if not isinstance(message, AssistantMessage):
+                continue
+            for j, call in enumerate(message.tool_calls or []):
+                raw = call.function.arguments
+                if raw.count("[") + raw.count("{") <= MAX_DEPTH:  # cannot nest deeper: no need to decode it
+                    continue
+                try:
+                    deep = too_deep(msgspec.json.decode(raw))
+                except msgspec.DecodeError:
+                    deep = False  # not JSON: the prompt passes it on as text
+                except RecursionError:
+                    deep = True
+                if deep:
+                    return f"messages[{i}].tool_calls[{j}].function.arguments"
+        return None
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether `value` nests objects or arrays more than `limit` levels (walked level by level, without recursion)."""
+    level: list[Any] = [value] if isinstance(value, dict | list) else []
+    for _ in range(limit):
+        below: list[Any] = []
+        for node in level:
+            for child in node.values() if isinstance(node, dict) else node:
+                if isinstance(child, dict | list):
+                    below.append(child)
+        if not below:
+            return False
+        level = below
+    return True
 
 
 IGNORED_FIELDS = (

@@ -111,6 +111,7 @@ class Result(Struct, frozen=True, tag="result"):
     stop_reason: str | None = None
     terminal_reason: str | None = None
     api_error_status: int | None = None
+    api_error: str | None = None  # e.g. "usage_limit_reached" (the plan's limit), "connection_failed"
     errors: list[str] | None = None
     usage: Usage | None = None
     num_turns: int | None = 0

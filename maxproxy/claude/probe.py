@@ -1,7 +1,8 @@
 """What the CLI says about itself at start-up, without spending a request: its version and where its credentials
 come from (an `initialize` control request answers both). `/health` shows it, so a user sees at once when the CLI is
-missing, is not the pinned version, or bills an `ANTHROPIC_API_KEY` found in the daemon's environment instead of the
-subscription login.
+missing, is not the pinned version, is not logged in at all (no token source and no API key: every turn would end
+"Not logged in"), or bills an `ANTHROPIC_API_KEY` found in the daemon's environment instead of the subscription login.
+Whether it is logged in is kept up to date by the turns: a "Not logged in" answer marks it so, a later answer clears it.
 """
 
 from __future__ import annotations
@@ -23,13 +24,32 @@ class CliStatus(msgspec.Struct):
     pinned_version: str = PINNED_CLI_VERSION
     api_key_source: str | None = None  # e.g. "ANTHROPIC_API_KEY": requests are billed to that key
     token_source: str | None = None  # e.g. "CLAUDE_CODE_OAUTH_TOKEN" or the stored subscription login
+    subscription_type: str | None = None  # e.g. "Claude Max": a stored subscription login (`claude auth login`)
     error: str | None = None
+    logged_in: bool | None = None  # None: the CLI did not say
 
     @property
     def billing(self) -> str:
-        if self.api_key_source and self.api_key_source != "none":
+        """What answers are billed to, as far as the CLI has shown: never a subscription it has not seen."""
+        if _named(self.api_key_source):
             return "api_key"
-        return "subscription"
+        if self.logged_in is False:
+            return "none"
+        if _named(self.token_source) or self.subscription_type:
+            return "subscription"
+        return "unknown"
+
+    def problem(self) -> str | None:
+        """Why no request can be answered, with the fix; None when nothing is known to be wrong."""
+        if not self.found or self.error is not None:
+            return f"CLI: {self.error or 'not found'}"
+        if self.logged_in is False:
+            return f"CLI: not logged in; {errors.login_fix(self.path)}"
+        return None
+
+
+def _named(source: str | None) -> bool:
+    return bool(source) and source != "none"
 
 
 async def probe(settings: Settings) -> CliStatus:
@@ -46,4 +66,12 @@ async def probe(settings: Settings) -> CliStatus:
     account = answer.get("account") or {}
     status.api_key_source = account.get("apiKeySource")
     status.token_source = account.get("tokenSource")
+    status.subscription_type = account.get("subscriptionType")
+    # Measured (2.1.328): `CLAUDE_CODE_OAUTH_TOKEN` gives `tokenSource`, a stored login `subscriptionType`, an API key
+    # `apiKeySource`; with none of them `tokenSource` is "none" and every turn ends "Not logged in". (Bedrock and
+    # Vertex authenticate otherwise: not judged here.)
+    if _named(status.token_source) or _named(status.api_key_source) or status.subscription_type:
+        status.logged_in = True
+    elif status.token_source is not None and account.get("apiProvider") in (None, "firstParty"):  # i.e. "none"
+        status.logged_in = False
     return status

@@ -85,7 +85,7 @@ async def test_body_over_the_limit_is_413(cli_env: Path, start_proxy: ProxyFacto
             openai.RateLimitError,
         ),
         (Reply.error(500, "boom"), 502, "upstream_error", openai.InternalServerError),
-        (Reply.error(529, "Overloaded"), 503, "upstream_overloaded", openai.InternalServerError),
+        (Reply.error(529, "Overloaded"), 529, "upstream_overloaded", openai.InternalServerError),
         (
             Reply.error(400, "prompt is too long: 250000 tokens > 200000 maximum"),
             400,

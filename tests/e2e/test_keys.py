@@ -5,6 +5,7 @@ breaker that stops requests when the plan's limit is reached instead of spending
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from maxproxy.state import KEYS, POOL
+from maxproxy.state import BREAKER, KEYS, POOL, QUOTAS
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Proxy, ProxyFactory, wait_for
@@ -120,6 +121,26 @@ async def test_max_concurrent(cli_env: Path, start_proxy: ProxyFactory, tmp_path
     assert (await ask(proxy, "sk-carol-0003", "third"))[0] == 200
 
 
+async def test_a_concurrency_429_has_the_rate_limit_headers(
+    cli_env: Path, start_proxy: ProxyFactory, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    proxy = await keyed(start_proxy, tmp_path)
+    upstream.push(Reply(hang_before_headers=True))  # carol's one request stays in flight until it is dropped
+    held = asyncio.create_task(ask(proxy, "sk-carol-0003", "hold"))
+    await wait_for(lambda: len(upstream.messages_requests) == 1)
+    status, headers, body = await ask(proxy, "sk-carol-0003", "second")
+    assert (status, body["error"]["code"]) == (429, "key_concurrency_limit")
+    assert headers["x-ratelimit-limit-requests"] == "1"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"] == "1s"
+    assert headers["Retry-After"] == "1"
+    held.cancel()  # the client goes away: its slot comes back
+    with contextlib.suppress(asyncio.CancelledError):
+        await held
+    await wait_for(lambda: not proxy.app[QUOTAS]._in_flight)
+    assert (await ask(proxy, "sk-carol-0003", "third"))[0] == 200
+
+
 async def test_a_daily_token_budget(
     cli_env: Path, start_proxy: ProxyFactory, tmp_path: Path, upstream: FakeUpstream
 ) -> None:
@@ -217,18 +238,24 @@ async def test_metrics_parse_and_move(cli_env: Path, start_proxy: ProxyFactory, 
 
 
 async def test_a_plan_limit_opens_the_breaker_until_the_reset(proxy: Proxy, upstream: FakeUpstream) -> None:
-    upstream.push(Reply.error(429, "rate limited", headers=plan_limit(3)))
+    # A reset far enough away that a slow first request cannot outlive it; the breaker's clock is moved to it.
+    limit = plan_limit(120)
+    reset = float(limit["anthropic-ratelimit-unified-reset"])
+    upstream.push(Reply.error(429, "rate limited", headers=limit))
     failed = await ask(proxy, "x")
     assert failed[0] == 429
     calls = len(upstream.messages_requests)
     status, headers, body = await ask(proxy, "x")
     assert (status, body["error"]["code"]) == (429, "subscription_limit")
     assert "five_hour limit is reached" in body["error"]["message"]
-    assert 1 <= int(headers["Retry-After"]) <= 4
+    assert 100 <= int(headers["Retry-After"]) <= 120
     assert len(upstream.messages_requests) == calls  # never reached the upstream
     async with proxy.http.get(f"{proxy.url}/health") as response:
         assert [b["scope"] for b in (await response.json())["breaker"]] == ["all"]
-    await asyncio.sleep(3.2)
+    breaker = proxy.app[BREAKER]
+    [trip] = breaker.state()
+    assert trip.until == reset  # open until the plan's reset, not for the breaker's default time
+    breaker.clock = lambda: reset  # the reset time comes, without waiting for it
     assert (await ask(proxy, "x"))[0] == 200  # closed after the reset
 
 
@@ -274,9 +301,12 @@ async def test_sighup_reloads_the_keys_file(cli_env: Path, tmp_path: Path) -> No
         assert await models("sk-alice-0001") == 200
         # Same size and modification time as before: the file watch cannot see the change, only SIGHUP can.
         stat = path.stat()
-        path.write_text(path.read_text().replace("sk-alice-0001", "sk-alice-0009"))
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-        await asyncio.sleep(2.5)  # a watch poll passes
+        changed = path.with_suffix(".new")
+        changed.write_text(path.read_text().replace("sk-alice-0001", "sk-alice-0009"))
+        os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        changed.replace(path)  # at once: no poll can see a new modification time in between
+        # That the watch polls past such a change is tests/test_keys.py's; here the running daemon still has the old
+        # key until the signal.
         assert await models("sk-alice-0001") == 200
         proc.send_signal(signal.SIGHUP)
         await wait_for(lambda: any(r["event"] == "keys_loaded" for r in records))

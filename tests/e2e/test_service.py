@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from maxproxy.settings import PROJECT_CLI
 
 from tests.conftest import wait_for
 from tests.daemon import daemon
@@ -94,6 +95,8 @@ def test_doctor_names_a_login_that_is_missing(env: dict[str, str]) -> None:
     assert done.returncode == 1
     assert "✗ login: the CLI is not logged in" in done.stdout
     assert "auth login" in done.stdout
+    # The same words as `/health` and the 503 answer (tests/e2e/test_login.py): the project's CLI, this HOME.
+    assert f"fix: run `{PROJECT_CLI} auth login` as the user maxproxy runs as (HOME={env['HOME']})" in done.stdout
 
 
 def test_doctor_names_an_unwritable_directory(env: dict[str, str], tmp_path: Path) -> None:
