@@ -4,8 +4,11 @@ A client may name its conversation (`X-Session-Id`, `metadata.conversation_id`, 
 order); otherwise the conversation is recognised by its history. Every message is canonicalised (string content and
 a single text part are the same; extra keys such as `name` or `reasoning_content` do not count; images count by the
 hash of their data) and hashed into a chain, so that "the same history plus new messages" has, up to its last
-assistant message, the same hash as the conversation's head after its previous turn. Identities are always scoped to
-the caller (its API key), so two bots with identical histories never share a conversation.
+assistant message, the same hash as the conversation's head after its previous turn. OpenClaw's internal-context user
+messages (`<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>` … `<<<END_OPENCLAW_INTERNAL_CONTEXT>>>`) are left out of the chain:
+OpenClaw sends one as the last message of every request and drops it from its place in the next, so with them no
+later request would hash like the history it goes on with (they still reach the model as new messages). Identities
+are always scoped to the caller (its API key), so two bots with identical histories never share a conversation.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from maxproxy.api.schema import (
 _encoder = msgspec.json.Encoder()
 _sorted = msgspec.json.Encoder(order="sorted")
 Part = tuple[str, ...]
+# The delimiters of OpenClaw's internal runtime context (OpenClaw's INTERNAL_RUNTIME_CONTEXT_BEGIN/_END).
+CONTEXT_BEGIN = "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>"
+CONTEXT_END = "<<<END_OPENCLAW_INTERNAL_CONTEXT>>>"
 
 
 class Identity(msgspec.Struct, frozen=True):
@@ -99,15 +105,43 @@ def chain(canonicals: Sequence[bytes], start: bytes = b"") -> bytes:
     return digest
 
 
+def internal_context(message: Message) -> bool:
+    """OpenClaw's internal-context message: a user message that is one delimited context block and nothing else (a
+    user's own text with the block quoted in it is not one)."""
+    if not isinstance(message, UserMessage):
+        return False
+    parts = _content(message.content)
+    if not parts or any(kind != "text" for kind, _ in parts):
+        return False
+    text = "".join(value for _, value in parts).strip()
+    return text.startswith(CONTEXT_BEGIN) and text.endswith(CONTEXT_END)
+
+
 class Split(msgspec.Struct, frozen=True):
     """A request seen as a conversation: its known part (up to the last assistant message) and its new part."""
 
     known: int  # messages[:known] are the history a continuation must already hold
     head: bytes  # the hash of that history ("" hash when there is none)
-    canonicals: list[bytes]
+    canonicals: list[bytes]  # the messages that make up the history (internal context left out)
+    system: bytes  # the hash of the system and developer messages
+    answers: frozenset[str]  # the call ids the tool messages that start the new part answer
 
 
 def split(messages: Sequence[Message]) -> Split:
-    canonicals = [canonical(m) for m in messages]
+    canonicals = [b"" if internal_context(m) else canonical(m) for m in messages]
     known = max((i + 1 for i, m in enumerate(messages) if isinstance(m, AssistantMessage)), default=0)
-    return Split(known=known, head=chain(canonicals[:known]), canonicals=canonicals)
+    answers: list[str] = []
+    for message in messages[known:]:
+        if not isinstance(message, ToolMessage):
+            break
+        answers.append(message.tool_call_id)
+    system = chain(
+        [c for c, m in zip(canonicals, messages, strict=True) if isinstance(m, SystemMessage | DeveloperMessage)]
+    )
+    return Split(
+        known=known,
+        head=chain([c for c in canonicals[:known] if c]),
+        canonicals=[c for c in canonicals if c],
+        system=system,
+        answers=frozenset(answers),
+    )

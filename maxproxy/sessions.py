@@ -9,7 +9,11 @@ turn, a changed system prompt) starts the conversation over from the history the
 never continued; so does a resume that fails. After a turn that ended normally, the conversation's new history hash
 and CLI session are recorded in the store; the worker stays with the conversation. A turn that stopped at tool calls
 is recorded too, but its CLI session is not resumable (measured: a resumed session drops the unfinished turn), so
-only the worker that waits can take the tool results; once it is gone, the follow-up replays the conversation.
+only the worker that waits can take the tool results; once it is gone, the follow-up replays the conversation. A
+follow-up that answers exactly the calls a waiting turn issued (ids maxproxy made from the model's random tool_use
+ids, so no other client can know them), from the same owner with the same model and system prompt, is that turn's
+continuation even when the messages before the calls differ from the recorded history (OpenClaw moves its context
+message, and may rewrite earlier ones).
 Expired conversations are deleted with their transcripts; transcripts no conversation owns are deleted too.
 """
 
@@ -55,6 +59,19 @@ class Plan:
     resume: str | None  # the CLI session to resume when no worker holds the conversation
 
 
+@dataclass(frozen=True)
+class _Waiting:
+    """A turn that stopped at tool calls, as its follow-up must match it."""
+
+    conversation: str
+    public_id: str
+    owner: str
+    name: str | None
+    launch: str
+    system: bytes  # the hash of the request's system and developer messages
+    calls: frozenset[str]  # the ids of the calls the client was given
+
+
 def launch_key(launch: Launch) -> str:
     system = hashlib.sha256((launch.system_prompt or "").encode()).hexdigest()[:16] if launch.system_prompt else ""
     return f"{launch.model}|{system}"
@@ -69,6 +86,7 @@ class Sessions:
         self._users: dict[str, int] = {}
         self._running: set[str] = set()  # conversations with a turn under way
         self._deleted: set[str] = set()  # deleted while a turn of theirs ran: that turn must not record them again
+        self._waiting: dict[str, _Waiting] = {}  # by conversation id; no more than the workers that wait
 
     # --- one turn at a time ----------------------------------------------------------------------------------------
 
@@ -125,6 +143,10 @@ class Sessions:
             and (self.pool.waiting(found.id) if tool_results else self.pool.holds(found.id) or found.resumable)
             and not any(isinstance(m, SystemMessage | DeveloperMessage) for m in new_part)
         )
+        if not continuing and not replay and tool_results:
+            answered = await self._answered(identity, chat, parts, key)
+            if answered is not None:
+                found, continuing = answered, True
         if found is not None and not continuing and self.pool.waiting(found.id):
             self.pool.forget(found.id)  # its turn waits for results that will not come: free the worker
         if found is not None and continuing:
@@ -137,6 +159,22 @@ class Sessions:
         else:  # the client's own id, with a history that does not continue it: start it over
             record.launch, record.model, record.turns, record.resumable = key, chat.model, 0, False
         return Plan(record=record, turn=full, split=parts, continuing=False, resume=None)
+
+    async def _answered(self, identity: Identity, chat: ChatRequest, parts: Split, key: str) -> Conversation | None:
+        """The conversation whose waiting turn issued exactly the calls this request's tool messages answer, if the
+        request may go on with it: same owner, name, model and system prompt, and no system message in the new part.
+        """
+        for conversation in [c for c in self._waiting if not self.pool.waiting(c)]:
+            del self._waiting[conversation]  # that turn ended (tool_wait, the pool needed the process)
+        wait = next((w for w in self._waiting.values() if w.calls == parts.answers), None)
+        if (
+            wait is None
+            or (wait.owner, wait.name, wait.launch, wait.system) != (identity.owner, identity.name, key, parts.system)
+            or any(isinstance(m, SystemMessage | DeveloperMessage) for m in chat.messages[parts.known :])
+        ):
+            return None
+        record = await self.store.get(identity.owner, wait.public_id)
+        return record if record is not None and record.id == wait.conversation and record.launch == key else None
 
     async def claim(self, plan: Plan, lease: Lease) -> None:
         """The worker's CLI session now belongs to this conversation: one it held before can no longer resume it
@@ -176,12 +214,20 @@ class Sessions:
         if record.session_id is not None:
             await self.store.disown(record.session_id, keep=record.id)
         lease.keep(record.id)
+        if lease.worker.waiting:
+            calls = frozenset(call.id for call in answer.tool_calls or [])
+            self._waiting[record.id] = _Waiting(
+                record.id, record.public_id, record.owner, record.name, record.launch, plan.split.system, calls
+            )
+        else:
+            self._waiting.pop(record.id, None)
 
     async def forget(self, owner: str, public_id: str) -> bool:
         record = await self.store.get(owner, public_id)
         if record is None:
             return False
         self.pool.forget(record.id)
+        self._waiting.pop(record.id, None)
         await self.store.delete(record.id)
         if record.id in self._running:
             self._deleted.add(record.id)
@@ -207,6 +253,7 @@ class Sessions:
         cutoff = time.time() - self.settings.session_ttl_days * 86400
         for record in await self.store.expired(cutoff):
             self.pool.forget(record.id)
+            self._waiting.pop(record.id, None)
             await self.store.delete(record.id)
             if record.resumable and record.session_id:
                 self._remove_transcript(record.session_id)
