@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,39 @@ async def test_watch_reloads_a_changed_file(tmp_path: Path, monkeypatch: pytest.
     try:
         write(tmp_path, '[keys.a]\nkey = "secret-one"\n[keys.b]\nkey = "secret-two"\n')
         await wait_for(lambda: keyring.authenticate("secret-two") is not None, timeout=5)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_change_the_watch_cannot_see_waits_for_a_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same size, same modification time: the watch polls past it; SIGHUP's reload reads it."""
+    monkeypatch.setattr(keys, "WATCH_EVERY", 0.01)
+    keyring = ring(tmp_path, '[keys.a]\nkey = "secret-one"\n')
+    polls = 0
+    stat = keyring._stat
+
+    def counted() -> tuple[int, int] | None:
+        nonlocal polls
+        polls += 1
+        return stat()
+
+    monkeypatch.setattr(keyring, "_stat", counted)
+    task = asyncio.create_task(keyring.watch())
+    try:
+        path = tmp_path / "keys.toml"
+        before = path.stat()
+        path.write_text('[keys.a]\nkey = "secret-two"\n')
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        seen = polls
+        await wait_for(lambda: polls >= seen + 2)  # at least one whole poll after the change
+        assert keyring.authenticate("secret-one") is not None
+        assert keyring.reload()  # what SIGHUP does
+        assert keyring.authenticate("secret-one") is None
+        assert keyring.authenticate("secret-two") is not None
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -112,11 +112,10 @@ async def test_noted_usage_counts_at_once_and_the_writer_stores_it(store: Store)
     try:
         ledger.note("bot", "claude-sonnet-4", usage(10, 0, 5), 0.01)
         assert ledger.spent("bot", 1) == 15  # budgets see it before it is written
-        for _ in range(100):
-            if await rows.since(day(0)):
-                break
-            await asyncio.sleep(0.01)
-        [row] = await rows.since(day(0))
+        async with asyncio.timeout(10):  # a bound for a broken writer only: the loop ends when the row is there
+            while not (written := await rows.since(day(0))):
+                await asyncio.sleep(0.01)
+        [row] = written
         assert (row.requests, row.output_tokens) == (1, 5)
     finally:
         writer.cancel()

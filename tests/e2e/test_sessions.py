@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 from maxproxy.pool import Pool
 from maxproxy.state import POOL, SESSIONS
 from openai.types.chat import ChatCompletionMessageParam
@@ -97,20 +99,20 @@ async def test_a_named_conversation_runs_one_turn_at_a_time(
 async def test_concurrent_turns_of_one_conversation_are_serialised(proxy: Proxy, upstream: FakeUpstream) -> None:
     upstream.default = Reply.text("slow " * 10, pieces=10, delay=0.05)
     body = {"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "hi"}]}
-    finished: list[float] = []
 
     async def one() -> int:
         async with proxy.http.post(proxy.url + CHAT, json=body, headers={"X-Session-Id": "chat-7"}) as response:
             await response.read()
-            finished.append(time.monotonic())
             return response.status
 
     assert list(await asyncio.gather(one(), one(), one())) == [200, 200, 200]
-    arrived = sorted(r.at for r in upstream.messages_requests)
-    finished.sort()
-    # Each turn reached the upstream only after the previous one had been answered: never interleaved.
-    assert arrived[1] > finished[0] - 0.05
-    assert arrived[2] > finished[1] - 0.05
+    turns = sorted(upstream.messages_requests, key=lambda r: r.at)
+    assert len(turns) == 3
+    # Each turn reached the upstream only after the upstream had written the whole previous answer: never
+    # interleaved. (Causal order, no tolerance: the next turn can only start once the CLI has read that answer.)
+    for previous, following in itertools.pairwise(turns):
+        assert previous.answered is not None
+        assert following.at > previous.answered
 
 
 async def test_two_keys_with_identical_histories_are_two_conversations(
@@ -203,15 +205,18 @@ async def test_kill_9_between_turns_loses_nothing(cli_env: Path, upstream: FakeU
 
 
 async def test_expiry_removes_rows_and_transcripts(cli_env: Path, start_proxy: ProxyFactory) -> None:
-    proxy = await start_proxy(session_ttl_days=0.000001)  # ~0.09 s
+    proxy = await start_proxy(session_ttl_days=1)
     history: list[ChatCompletionMessageParam] = [{"role": "user", "content": "short-lived"}]
     await chat(proxy, history)
     sessions = proxy.app[SESSIONS]
-    [record] = await sessions.store.owned_by("local")
+    [record] = await sessions.store.owned_by("local")  # recorded before the answer went out
     assert record.session_id
     transcript = sessions.transcripts / f"{record.session_id}.jsonl"
     assert transcript.exists()
-    await asyncio.sleep(0.2)
+    await sessions.sweep()
+    assert await sessions.store.owned_by("local") == [record]  # used within the TTL: kept
+    # Last used a day and a second ago (rather than a tiny TTL and a sleep that must outlast it).
+    await sessions.store.save(msgspec.structs.replace(record, last_used=time.time() - 86401))
     await sessions.sweep()
     assert await sessions.store.owned_by("local") == []
     assert not transcript.exists()

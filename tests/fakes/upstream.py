@@ -98,6 +98,7 @@ class Received:
     headers: dict[str, str]
     body: JSON
     at: float = field(default_factory=time.monotonic)  # when the request arrived
+    answered: float | None = None  # when the last byte of a streamed answer was written
 
     @property
     def messages(self) -> list[JSON]:
@@ -216,6 +217,7 @@ class FakeUpstream:
         )
         await response.prepare(request)
         await self._stream(request, response, reply, body.get("model", "claude"))
+        received.answered = time.monotonic()
         return response
 
     async def _stream(self, request: web.Request, response: web.StreamResponse, reply: Reply, model: str) -> None:
