@@ -82,6 +82,12 @@ class Forbidden(ProxyError):
     code = "forbidden"
 
 
+class ExtraUsageRequired(Forbidden):
+    """The upstream answers only from paid extra usage (or refuses third-party use): not spent on the user's behalf."""
+
+    code = "extra_usage_required"
+
+
 class NotFound(ProxyError):
     status = 404
     type = "invalid_request_error"
@@ -186,11 +192,19 @@ def from_http_exception(exc: web.HTTPException) -> ProxyError:
             413: "Request body is too large",
         }[exc.status]
         return kind(message)
-    error = ProxyError(exc.reason or "HTTP error")
-    error.status = exc.status
-    error.type = "invalid_request_error" if exc.status < 500 else "server_error"
-    error.code = None
-    return error
+    return HTTPStatusError(exc.status, exc.reason or "HTTP error")
+
+
+class HTTPStatusError(ProxyError):
+    """Any other HTTP error aiohttp raises (e.g. 400 for a bad request line, 431 for huge headers): its status and
+    type are fixed when it is made, from aiohttp's own status, and never changed after."""
+
+    code = None
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = "invalid_request_error" if status < 500 else "server_error"
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

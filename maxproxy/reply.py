@@ -292,9 +292,7 @@ def error_for(
     if status == 529 or "overloaded" in text.lower():
         return errors.Overloaded(f"Upstream overloaded: {text}", retry_after=TRANSIENT_RETRY_AFTER)
     if status == 400 and _EXTRA_USAGE.search(text):
-        error = errors.ProxyError(f"Upstream refused the request: {text}", code="extra_usage_required")
-        error.status, error.type = 403, "permission_error"
-        return error
+        return errors.ExtraUsageRequired(f"Upstream refused the request: {text}")
     if status == 400 and (result.terminal_reason == "prompt_too_long" or text.startswith("Prompt is too long")):
         return errors.ContextLengthExceeded(text)
     if status == 400 or result.terminal_reason == "image_error":

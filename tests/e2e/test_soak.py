@@ -5,6 +5,7 @@ calls for (never a 500), no process is left behind or exceeds `max_workers`, and
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import random
@@ -147,6 +148,8 @@ async def test_soak(cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpst
     watcher.cancel()
     await asyncio.gather(watcher, return_exceptions=True)
 
+    summary = collections.Counter(f"{kind}->{status}:{code}" for kind, status, code in outcomes)
+    print(f"soak: {dict(summary)} kills={kills} peak={peak} pool={dict(pool.counts)}")  # shown with `pytest -s`
     assert not wrong, wrong
     assert peak <= MAX_WORKERS, f"{peak} CLI processes with max_workers = {MAX_WORKERS}"
     mine = children(os.getpid())
