@@ -22,7 +22,7 @@ from maxproxy.state import BUS, POOL
 from tests import sse
 from tests.conftest import Proxy, ProxyFactory, fake_cli, wait_for
 from tests.daemon import daemon, processes_in
-from tests.e2e import CHAT, HELLO
+from tests.e2e import CHAT, HELLO, quiet
 from tests.fakes.upstream import FakeUpstream, Reply
 from tests.procs import alive, children
 
@@ -312,7 +312,7 @@ async def test_chaos_leaves_no_orphans_or_zombies(tmp_path: Path, start_proxy: P
             await one(n)
 
     await asyncio.gather(*(gated(n) for n in range(200)))
-    await wait_for(lambda: pool.busy == 0 and not pool._stopping and not pool._returns, timeout=30)
+    await wait_for(lambda: quiet(pool), timeout=30)
     mine = children(os.getpid())
     assert not [c for c in mine if "[Z]" in c], mine
     assert len(mine) <= 4
@@ -339,7 +339,7 @@ async def test_real_cli_disconnects_and_hangs_leave_the_pool_clean(proxy: Proxy,
     for _ in range(4):
         await asyncio.gather(*(one() for _ in range(5)))
     pool = pool_of(proxy)
-    await wait_for(lambda: pool.busy == 0 and not pool._returns and not pool._stopping, timeout=30)
+    await wait_for(lambda: quiet(pool), timeout=30)
     assert not [c for c in children(os.getpid()) if "[Z]" in c]
     assert len(pool.pids) <= proxy.settings.max_workers
     upstream.responder = None

@@ -19,7 +19,7 @@ from maxproxy.state import POOL
 
 from tests import sse
 from tests.conftest import ProxyFactory, wait_for
-from tests.e2e import CHAT
+from tests.e2e import CHAT, quiet
 from tests.fakes.upstream import FakeUpstream, Received, Reply
 from tests.procs import alive, children
 
@@ -144,7 +144,7 @@ async def test_soak(cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpst
     finally:
         chaos.cancel()
         await asyncio.gather(chaos, return_exceptions=True)
-    await wait_for(lambda: pool.busy == 0 and not pool._returns and not pool._stopping, timeout=30)
+    await wait_for(lambda: quiet(pool), timeout=30)
     watcher.cancel()
     await asyncio.gather(watcher, return_exceptions=True)
 
