@@ -18,15 +18,15 @@ from collections.abc import Mapping, Sequence
 
 import msgspec
 
-from maxproxy.api.schema import (
+from maxproxy.turns.messages import (
     AssistantMessage,
-    ChatRequest,
     Content,
     DeveloperMessage,
     ImagePart,
     Message,
     SystemMessage,
     ToolMessage,
+    TurnRequest,
     UserMessage,
 )
 
@@ -50,11 +50,10 @@ def owner_of(bearer: str | None) -> str:
     return "key:" + hashlib.sha256(bearer.encode()).hexdigest()[:16]
 
 
-def identify(request: ChatRequest, headers: Mapping[str, str], owner: str) -> Identity:
-    metadata = request.metadata or {}
+def identify(request: TurnRequest, headers: Mapping[str, str], owner: str) -> Identity:
     candidates = (
         headers.get("X-Session-Id"),
-        metadata.get("conversation_id") if isinstance(metadata.get("conversation_id"), str) else None,
+        request.conversation_id,
         request.prompt_cache_key,
         request.user,
     )

@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from maxproxy.api.schema import Usage
 from maxproxy.breaker import Breaker
 from maxproxy.pool import Pool
+from maxproxy.turns.messages import Usage
 
 if TYPE_CHECKING:
     from maxproxy.state import Access

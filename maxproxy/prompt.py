@@ -1,4 +1,4 @@
-"""The prompt: an OpenAI chat request turned into what one CLI turn needs (pure functions, no I/O).
+"""The prompt: a neutral turn request turned into what one CLI turn needs (pure functions, no I/O).
 
 The result is a `Turn`: the `Launch` (model, and the system prompt when it is a spawn-time setting), the per-turn
 `Options` (output limit, effort), and the stdin lines that replay the earlier history (`shouldQuery: false` user
@@ -23,9 +23,10 @@ from typing import Any
 import msgspec
 
 from maxproxy import errors, tools
-from maxproxy.api.schema import (
+from maxproxy.claude.command import Launch, Options
+from maxproxy.settings import Settings
+from maxproxy.turns.messages import (
     AssistantMessage,
-    ChatRequest,
     Content,
     DeveloperMessage,
     ImagePart,
@@ -33,10 +34,9 @@ from maxproxy.api.schema import (
     SystemMessage,
     TextPart,
     ToolMessage,
+    TurnRequest,
     UserMessage,
 )
-from maxproxy.claude.command import Launch, Options
-from maxproxy.settings import Settings
 
 Block = dict[str, Any]
 Line = dict[str, Any]
@@ -68,7 +68,7 @@ class Turn:
     results: dict[str, str] | None = None  # tool results for the waiting turn this request goes on with, by call id
 
 
-def build(request: ChatRequest, settings: Settings, *, start: int = 0) -> Turn:
+def build(request: TurnRequest, settings: Settings, *, start: int = 0) -> Turn:
     """The turn for `request`; with `start`, only messages[start:] (a continuation: the CLI holds the rest)."""
     model = settings.model_table.get(request.model)
     if model is None:
@@ -76,14 +76,13 @@ def build(request: ChatRequest, settings: Settings, *, start: int = 0) -> Turn:
             f"The model {request.model!r} does not exist; GET /v1/models lists the models maxproxy serves",
             param="model",
         )
-    for name in ("max_tokens", "max_completion_tokens"):
-        limit = getattr(request, name)
+    for name, limit in request.limit_params or (("max_output_tokens", request.max_output_tokens),):
         if limit is not None and limit > model.max_output_tokens:
             raise errors.InvalidRequest(
                 f"{name} is {limit}, but {request.model!r} can write at most {model.max_output_tokens} output tokens",
                 param=name,
             )
-    if request.n is not None and request.n > 1:
+    if request.choices is not None and request.choices > 1:
         raise errors.InvalidRequest("n > 1 is not supported: the CLI returns one answer per turn", param="n")
     toolset = tools.toolset(request.tools, request.tool_choice, request.parallel_tool_calls)
     _check_tool_messages(request)
@@ -170,7 +169,7 @@ def build(request: ChatRequest, settings: Settings, *, start: int = 0) -> Turn:
         cli_tools = ""  # the client's tools only: the CLI's own are off for this request
     return Turn(
         launch=Launch(model=model.cli, system_prompt=launch_system, cli_tools=cli_tools),
-        options=Options(max_output_tokens=request.token_limit, effort=_EFFORT.get(request.reasoning_effort or "")),
+        options=Options(max_output_tokens=request.max_output_tokens, effort=_EFFORT.get(request.effort or "")),
         lines=lines,
         family=model.family,
         toolset=toolset or tools.Toolset(),
@@ -178,7 +177,7 @@ def build(request: ChatRequest, settings: Settings, *, start: int = 0) -> Turn:
     )
 
 
-def _check_tool_messages(request: ChatRequest) -> None:
+def _check_tool_messages(request: TurnRequest) -> None:
     """Tool messages answer the calls of the assistant message just before them, every call gets one (OpenAI's
     rule; the upstream has the same one for tool_use and tool_result blocks)."""
     open_calls: dict[str, int] = {}  # unanswered call id → index of its assistant message
@@ -288,7 +287,7 @@ def _arguments(raw: str, where: str) -> Any:
         value = msgspec.json.decode(raw or "{}")
     except msgspec.DecodeError:
         return {"arguments": raw}
-    except RecursionError:  # `routes.decode` refuses these first (`ChatRequest.deep_field`); a direct caller may not
+    except RecursionError:  # the wire refuses these first (`wire.chat.ChatRequest.deep_field`); a direct caller may not
         raise errors.InvalidRequest(f"{where} nests JSON too deep", param=where, code="too_deep") from None
     return value if isinstance(value, dict) else {"arguments": value}
 

@@ -1,11 +1,11 @@
-"""The reply: the events of one CLI turn turned into the OpenAI answer (pure, no I/O).
+"""The reply: the events of one CLI turn turned into the answer, in neutral terms (pure, no I/O).
 
 `Assembler` is fed every event of a turn and says which text may go to the client now; it tracks the finish reason,
 the usage and, when the turn failed, the `ProxyError` to answer with. When the upstream stream broke and the CLI
 retried (`abandoned_blocks`, protocol note §2.4), text already sent is not sent twice: the retried answer is matched
 against it and only what goes beyond it is released; if the retry says something else, a streaming client gets an
-error instead of a spliced answer (a non-streaming one gets the clean retried text). `Chunks` writes the SSE payloads
-with the id, creation time and model identical on every chunk.
+error instead of a spliced answer (a non-streaming one gets the clean retried text). The wire protocols
+(`maxproxy.wire`) write it in their own shape.
 
 Tool calls: the answer stops (`suspended`, finish reason `tool_calls`) once the model's message has ended at
 `tool_use` and each of its calls is settled: handed to the client (a `ToolCall` maxproxy accepted), or answered
@@ -15,24 +15,9 @@ inside the CLI (a call maxproxy refused, a tool the CLI does not know, a built-i
 from __future__ import annotations
 
 import re
-import secrets
 import time
 
-import msgspec
-
 from maxproxy import breaker, errors
-from maxproxy.api.schema import (
-    AssistantMessage,
-    ChatCompletion,
-    Choice,
-    FinishReason,
-    FunctionCall,
-    PromptTokensDetails,
-    ResponseMessage,
-    Usage,
-    encoder,
-)
-from maxproxy.api.schema import ToolCall as WireToolCall
 from maxproxy.claude.events import (
     Assistant,
     Block,
@@ -46,6 +31,8 @@ from maxproxy.claude.events import (
     User,
 )
 from maxproxy.claude.events import Usage as CliUsage
+from maxproxy.turns.messages import AssistantMessage, FinishReason, FunctionCall, PromptTokensDetails, Usage
+from maxproxy.turns.messages import ToolCall as WireToolCall
 
 MESSAGE_SEPARATOR = "\n\n"  # between the texts of consecutive model calls in one turn (e.g. around a tool run)
 
@@ -301,77 +288,3 @@ def error_for(
         return errors.Timeout(f"Upstream timed out: {text}", code="upstream_timeout")
     transient = status is not None and status >= 500
     return errors.UpstreamError(f"Upstream error: {text}", retry_after=TRANSIENT_RETRY_AFTER if transient else None)
-
-
-# --- wire format -------------------------------------------------------------------------------------------------
-
-
-def new_id() -> str:
-    return "chatcmpl-" + secrets.token_urlsafe(18).replace("-", "").replace("_", "")[:24]
-
-
-class Chunks:
-    """`chat.completion.chunk` payloads as bytes; the fixed head is encoded once per response, only deltas per chunk."""
-
-    def __init__(self, completion_id: str, created: int, model: str) -> None:
-        self._head = (
-            b'{"id":'
-            + encoder.encode(completion_id)
-            + b',"object":"chat.completion.chunk","created":'
-            + str(created).encode()
-            + b',"model":'
-            + encoder.encode(model)
-            + b',"system_fingerprint":null,"choices":'
-        )
-
-    def role(self) -> bytes:
-        return (
-            self._head
-            + b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'
-        )
-
-    def content(self, text: str) -> bytes:
-        return (
-            self._head
-            + b'[{"index":0,"delta":{"content":'
-            + encoder.encode(text)
-            + b'},"logprobs":null,"finish_reason":null}]}'
-        )
-
-    def tool_call(self, index: int, call: ToolCall) -> tuple[bytes, bytes]:
-        """A tool call as the SDKs accumulate it: index, id, type and name first, then the arguments."""
-        tail = b'}]},"logprobs":null,"finish_reason":null}]}'
-        opening = b'[{"index":0,"delta":{"tool_calls":[{"index":' + str(index).encode()
-        named = (
-            b',"id":'
-            + encoder.encode(call.id)
-            + b',"type":"function","function":{"name":'
-            + encoder.encode(call.name)
-            + b',"arguments":""}'
-        )
-        arguments = b',"function":{"arguments":' + encoder.encode(call.arguments) + b"}"
-        return self._head + opening + named + tail, self._head + opening + arguments + tail
-
-    def finish(self, reason: FinishReason) -> bytes:
-        return self._head + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]}'
-
-    def usage(self, usage: Usage) -> bytes:
-        return self._head + b'[],"usage":' + encoder.encode(usage) + b"}"
-
-
-def completion(completion_id: str, created: int, model: str, assembler: Assembler) -> bytes:
-    body = ChatCompletion(
-        id=completion_id,
-        created=created,
-        model=model,
-        choices=[Choice(message=_message(assembler), finish_reason=assembler.finish_reason)],
-        usage=assembler.usage(),
-    )
-    return msgspec.json.encode(body)
-
-
-def _message(assembler: Assembler) -> ResponseMessage:
-    if not assembler.suspended:
-        return ResponseMessage(content=assembler.text)
-    message = assembler.message()
-    return ResponseMessage(content=assembler.text or None, tool_calls=message.tool_calls or [])

@@ -32,12 +32,12 @@ from typing import Any
 import structlog
 
 from maxproxy import errors, prompt
-from maxproxy.api.schema import AssistantMessage, ChatRequest, DeveloperMessage, SystemMessage, ToolMessage
 from maxproxy.claude.command import Launch
 from maxproxy.conversation import Identity, Split, canonical, chain
 from maxproxy.pool import Lease, Pool
 from maxproxy.settings import Settings
 from maxproxy.store import Conversation, Store, new_conversation
+from maxproxy.turns.messages import AssistantMessage, DeveloperMessage, SystemMessage, ToolMessage, TurnRequest
 
 log = structlog.get_logger("maxproxy.sessions")
 SWEEP_EVERY = 3600.0
@@ -124,7 +124,7 @@ class Sessions:
     # --- planning and recording ------------------------------------------------------------------------------------
 
     async def plan(
-        self, identity: Identity, chat: ChatRequest, parts: Split, full: prompt.Turn, *, replay: bool = False
+        self, identity: Identity, chat: TurnRequest, parts: Split, full: prompt.Turn, *, replay: bool = False
     ) -> Plan:
         """How this request's turn runs: `full` is its turn from the whole history; `replay` starts it over from that
         history (a resume failed)."""
@@ -160,7 +160,7 @@ class Sessions:
             record.launch, record.model, record.turns, record.resumable = key, chat.model, 0, False
         return Plan(record=record, turn=full, split=parts, continuing=False, resume=None)
 
-    async def _answered(self, identity: Identity, chat: ChatRequest, parts: Split, key: str) -> Conversation | None:
+    async def _answered(self, identity: Identity, chat: TurnRequest, parts: Split, key: str) -> Conversation | None:
         """The conversation whose waiting turn issued exactly the calls this request's tool messages answer, if the
         request may go on with it: same owner, name, model and system prompt, and no system message in the new part.
         """

@@ -14,8 +14,8 @@ import datetime as dt
 
 import structlog
 
-from maxproxy.api.schema import Usage
 from maxproxy.store import UsageRow, UsageStore
+from maxproxy.turns.messages import Usage
 
 log = structlog.get_logger("maxproxy.usage")
 

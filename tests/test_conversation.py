@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 from maxproxy import conversation
-from maxproxy.api.schema import (
+from maxproxy.turns.messages import (
     AssistantMessage,
     FunctionCall,
     Message,

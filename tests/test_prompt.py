@@ -7,14 +7,14 @@ from typing import Any
 import msgspec
 import pytest
 from maxproxy import errors, prompt
-from maxproxy.api.routes import decode
 from maxproxy.settings import Settings
+from maxproxy.wire.chat import decode, to_turn
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
 def build(body: dict[str, Any], **settings: Any) -> prompt.Turn:
-    return prompt.build(decode(msgspec.json.encode(body)), Settings(**settings))
+    return prompt.build(to_turn(decode(msgspec.json.encode(body))), Settings(**settings))
 
 
 def request(*messages: dict[str, Any], **extra: Any) -> dict[str, Any]:

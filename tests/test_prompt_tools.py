@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 import pytest
 from maxproxy import errors, prompt, tools
-from maxproxy.api.routes import decode
 from maxproxy.settings import Settings
+from maxproxy.wire.chat import decode, to_turn
 
 WEATHER = {
     "type": "function",
@@ -21,7 +21,7 @@ WEATHER = {
 
 
 def build(body: dict[str, Any], *, start: int = 0, **settings: Any) -> prompt.Turn:
-    return prompt.build(decode(msgspec.json.encode(body)), Settings(**settings), start=start)
+    return prompt.build(to_turn(decode(msgspec.json.encode(body))), Settings(**settings), start=start)
 
 
 def request(*messages: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -10,10 +10,10 @@ from pathlib import Path
 import msgspec
 import pytest
 from maxproxy import errors, quota
-from maxproxy.api.schema import Usage
 from maxproxy.keys import Key
 from maxproxy.quota import Quotas, duration
 from maxproxy.store import Store, UsageRow, UsageStore
+from maxproxy.turns.messages import Usage
 from maxproxy.usage import Ledger, today
 
 UNLIMITED = Key(name="free", digest="")

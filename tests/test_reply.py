@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from maxproxy import errors, reply
 from maxproxy.claude.events import Event, ProtocolError, Result, StreamEvent, System, decode
+from maxproxy.wire import chat
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cli"
 
@@ -494,7 +495,7 @@ def test_extra_usage_refusal_is_not_retried_as_a_rate_limit() -> None:
 
 
 def test_chunks_are_exact_and_share_id_created_and_model() -> None:
-    chunks = reply.Chunks("chatcmpl-1", 1700000000, "claude-sonnet-4")
+    chunks = chat.Chunks("chatcmpl-1", 1700000000, "claude-sonnet-4")
     role, content, finish = (
         json.loads(c) for c in (chunks.role(), chunks.content('a "quoted"\nline'), chunks.finish("stop"))
     )

@@ -8,9 +8,11 @@ from typing import Any
 import msgspec
 import pytest
 from maxproxy import errors, reply, tools
-from maxproxy.api.schema import AssistantMessage, FunctionCall
-from maxproxy.api.schema import ToolCall as WireToolCall
 from maxproxy.claude.events import ToolCall, TurnEvent, decode
+from maxproxy.turns.core import ToolCallEvent, outcome
+from maxproxy.turns.messages import AssistantMessage, FunctionCall
+from maxproxy.turns.messages import ToolCall as WireToolCall
+from maxproxy.wire import chat
 
 
 def line(obj: dict[str, Any]) -> TurnEvent:
@@ -180,7 +182,7 @@ def test_a_continuation_counts_its_own_model_calls_not_the_whole_turn(
 def test_the_completion_carries_the_calls_and_no_content() -> None:
     assembler = fed(start("m1"), tool_use("m1", "tu1"), stop("m1"), accepted("tu1"))
     assert assembler.finish_reason == "tool_calls"
-    body = json.loads(reply.completion("chatcmpl-1", 1, "claude-sonnet-4", assembler))
+    body = json.loads(chat.completion("chatcmpl-1", 1, "claude-sonnet-4", outcome(assembler)))
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["content"] is None
@@ -190,14 +192,16 @@ def test_the_completion_carries_the_calls_and_no_content() -> None:
 
 
 def test_a_completion_without_calls_has_no_tool_calls_key() -> None:
-    body = json.loads(reply.completion("chatcmpl-1", 1, "m", fed(start("m1"), text("m1", "Hi"))))
+    body = json.loads(chat.completion("chatcmpl-1", 1, "m", outcome(fed(start("m1"), text("m1", "Hi")))))
     assert "tool_calls" not in body["choices"][0]["message"]
 
 
 def test_a_tool_call_is_two_chunks_name_first_then_arguments() -> None:
-    chunks = reply.Chunks("chatcmpl-1", 1700000000, "claude-sonnet-4")
+    chunks = chat.Chunks("chatcmpl-1", 1700000000, "claude-sonnet-4")
     call = ToolCall("toolu_1", "call1", "get_weather", '{"city":"Paris \\"Ville\\""}')
-    first, second = (json.loads(payload) for payload in chunks.tool_call(2, call))
+    first, second = (
+        json.loads(payload) for payload in chunks.tool_call(ToolCallEvent(2, call.id, call.name, call.arguments))
+    )
     for chunk in (first, second):
         assert (chunk["id"], chunk["object"], chunk["model"]) == (
             "chatcmpl-1",

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from maxproxy.api.schema import PromptTokensDetails, Usage
 from maxproxy.store import Store, UsageRow, UsageStore
+from maxproxy.turns.messages import PromptTokensDetails, Usage
 from maxproxy.usage import Ledger, seconds_to_midnight, today
 
 

@@ -1,19 +1,52 @@
-"""The SSE side of a streamed answer: an aiohttp-sse `EventSourceResponse` (headers, comment keepalives while the
-CLI is silent, stalled-peer detection) opened lazily — so an error that comes before the first token can still be a
-real HTTP status — with `data:` lines written as ready-made bytes, one write per chunk on the hot path.
+"""The HTTP side of an answer: an aiohttp-sse `EventSourceResponse` (headers, comment keepalives while the CLI is
+silent, stalled-peer detection) opened lazily — so an error that comes before the first token can still be a real
+HTTP status — with `data:` lines written as ready-made bytes, one write per chunk on the hot path; and the two loops
+that take a turn core's events to the client through a wire protocol's `Rendering`, as a stream (`relay`) or as one
+JSON body (`complete`).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
+from maxproxy.turns.core import Event, Outcome, Turn
+
+
+class Rendering(Protocol):
+    """What a wire protocol makes of a turn's events (`wire.chat.Answer`)."""
+
+    content_type: str
+    done: bytes | None  # the stream's last payload, if the protocol has one
+    framed: bool  # payloads are whole SSE frames (`event: ...` lines): written as they are, not as `data:` lines
+
+    def headers(self, turn: dict[str, str]) -> dict[str, str]: ...
+
+    def opening(self) -> Sequence[bytes]: ...  # sent with the headers
+
+    def event(self, event: Event) -> Iterable[bytes]: ...  # an `Outcome` too: the stream's end, or its failure
+
+    def body(self, outcome: Outcome) -> bytes: ...
+
 
 class Stream:
-    def __init__(self, request: web.Request, headers: dict[str, str], keepalive: float, first: bytes) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        headers: dict[str, str],
+        keepalive: float,
+        first: Sequence[bytes],
+        *,
+        framed: bool = False,
+    ) -> None:
         self.request = request
         self.response = EventSourceResponse(headers=headers, sep="\n", allow_all_methods=True, ping_interval=keepalive)
-        self._first = first  # the role chunk, sent with the headers
+        self._first = first  # e.g. the role chunk, sent with the headers
+        self._framed = framed
 
     @property
     def open(self) -> bool:
@@ -23,12 +56,50 @@ class Stream:
         # Payloads are JSON from msgspec (newlines escaped) or `[DONE]`: one `data:` line each, no re-splitting.
         if not self.response.prepared:
             await self.response.prepare(self.request)
-            await self.response.write(b"data: " + self._first + b"\n\n")
+            for first in self._first:
+                await self.response.write(first if self._framed else b"data: " + first + b"\n\n")
         if payload:
-            await self.response.write(b"data: " + payload + b"\n\n")
+            await self.response.write(payload if self._framed else b"data: " + payload + b"\n\n")
 
-    async def close(self) -> EventSourceResponse:
-        await self.send(b"[DONE]")
+    async def close(self, done: bytes | None = b"[DONE]") -> EventSourceResponse:
+        await self.send(done or b"")
         self.response.stop_streaming()
         await self.response.wait()
         return self.response
+
+
+async def relay(request: web.Request, turn: Turn, rendering: Rendering, keepalive: float) -> web.StreamResponse:
+    """Stream the turn: headers wait for the first event (a keepalive tick opens the stream too); an error before
+    it is raised, with its own status. The stream is closed before the turn is recorded, as the core expects."""
+    out: Stream | None = None
+    try:
+        async with contextlib.aclosing(turn.events()) as events:
+            async for event in events:
+                if out is None:  # the first event: a keepalive tick opens the stream as well as a token
+                    headers = rendering.headers(turn.headers)
+                    out = Stream(request, headers, keepalive, rendering.opening(), framed=rendering.framed)
+                    await out.send(b"")
+                for payload in rendering.event(event):
+                    await out.send(payload)
+                if isinstance(event, Outcome):
+                    await out.close(rendering.done)
+    except (ConnectionResetError, TimeoutError):
+        if out is None:
+            raise
+        # The client went away or stopped reading; closing the events interrupts and stops the turn.
+        turn.caller.access.disconnected = True
+    assert out is not None, "a turn yields an Outcome or raises"
+    return out.response
+
+
+async def complete(turn: Turn, rendering: Rendering) -> web.Response:
+    """The whole answer as one body (a non-streaming turn raises its errors)."""
+    result: Outcome | None = None
+    async with contextlib.aclosing(turn.events()) as events:
+        async for event in events:
+            if isinstance(event, Outcome):
+                result = event
+    assert result is not None, "a turn yields an Outcome or raises"
+    assert result.error is None, "a non-streaming turn raises its errors"
+    headers = rendering.headers(turn.headers)
+    return web.Response(body=rendering.body(result), content_type=rendering.content_type, headers=headers)

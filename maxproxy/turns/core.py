@@ -1,0 +1,275 @@
+"""The turn core: one turn, whatever protocol asked for it. `Core.turn(request, caller)` gives a `Turn`; iterating
+`Turn.events()` checks the key's models, admits the request (quotas, their headers, the breaker), finds its
+conversation (one turn at a time; continue, resume, or replay when a resume fails), leases a worker, runs the turn
+under the watchdog (stopping it at the output limit), and accounts for it (usage ledger, metrics, breaker, the CLI's
+login state, timeout alerts). It yields neutral events — `TextDelta`, `ToolCallEvent`, `Keepalive` (silence, only
+when streaming) — and ends with an `Outcome`. An error before the first event (or any error of a non-streaming turn)
+is raised, so the wire answers with its real HTTP status; a streaming turn that fails after its first event ends with
+an `Outcome` whose `error` is set, which the wire renders inside its stream. The conversation is recorded only after
+the consumer took the `Outcome` and asked for more: iterate to the end (`contextlib.aclosing`); a consumer that stops
+early (its client went away) leaves the turn unrecorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from maxproxy import errors, prompt, reply
+from maxproxy.breaker import Breaker
+from maxproxy.bus import Alert, Bus
+from maxproxy.claude.events import Result, System, ToolCall
+from maxproxy.claude.probe import CliStatus
+from maxproxy.claude.worker import Watchdog
+from maxproxy.conversation import identify, split
+from maxproxy.keys import Key
+from maxproxy.metrics import Metrics
+from maxproxy.pool import Lease, Pool, ResumeFailed
+from maxproxy.quota import Quotas
+from maxproxy.sessions import Plan, Sessions
+from maxproxy.settings import Settings
+from maxproxy.state import Access
+from maxproxy.turns.messages import FinishReason, TurnRequest, Usage
+from maxproxy.usage import Ledger
+
+log = structlog.get_logger("maxproxy.turns")
+
+
+# --- neutral events ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """Answer text the client may see now."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEvent:
+    """A complete client tool call: `index` counts the answer's calls from 0; `id` is the id maxproxy issued."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str  # JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """The model has been silent for `keepalive_interval`: the wire may open its stream and send a keepalive."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the answer ended. With `error`, a streaming turn failed after its first event (nothing else is valid)."""
+
+    finish_reason: FinishReason
+    text: str  # the whole answer's text (abandoned retries left out)
+    calls: list[ToolCallEvent]  # the calls handed to the client (finish reason `tool_calls`)
+    usage: Usage
+    error: errors.ProxyError | None = None
+
+
+Event = TextDelta | ToolCallEvent | Keepalive | Outcome
+
+
+def outcome(assembler: reply.Assembler, error: errors.ProxyError | None = None) -> Outcome:
+    calls = [ToolCallEvent(i, c.id, c.name, c.arguments) for i, c in enumerate(assembler.calls)]
+    return Outcome(assembler.finish_reason, assembler.text, calls, assembler.usage(), error)
+
+
+# --- the core ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: the API key, the owner its conversations belong to, the request headers (`X-Session-Id`), and the
+    request's access record (the core fills in session, continued, ttft_ms, tool_calls, tokens and error)."""
+
+    key: Key
+    owner: str
+    headers: Mapping[str, str]
+    access: Access = field(default_factory=Access)
+
+
+@dataclass(frozen=True)
+class Core:
+    settings: Settings
+    pool: Pool
+    sessions: Sessions
+    quotas: Quotas
+    breaker: Breaker
+    cli: CliStatus
+    bus: Bus
+    metrics: Metrics
+    ledger: Ledger
+
+    def turn(self, request: TurnRequest, caller: Caller) -> Turn:
+        return Turn(self, request, caller)
+
+
+class Turn:
+    """One turn being answered. `headers` (x-session-id, x-ratelimit-*) is set before the first event."""
+
+    def __init__(self, core: Core, request: TurnRequest, caller: Caller) -> None:
+        self.core = core
+        self.request = request
+        self.caller = caller
+        self.headers: dict[str, str] = {}
+        self._began = False  # an event went to the consumer
+
+    async def events(self) -> AsyncGenerator[Event, None]:
+        core, request, caller = self.core, self.request, self.caller
+        access = caller.access
+        access.model, access.stream = request.model, request.stream
+        core.quotas.check_model(caller.key, request.model)
+        full = prompt.build(request, core.settings)  # every check on the request, before a conversation is touched
+        core.breaker.check(full.family)
+        with core.quotas.admit(caller.key) as limits:
+            identity = identify(request, caller.headers, caller.owner)
+            parts = split(request.messages)
+            async with core.sessions.exclusive(identity, parts):
+                plan = await core.sessions.plan(identity, request, parts, full)
+                access.session = plan.record.public_id
+                access.continued = plan.continuing
+                try:
+                    async for event in self._run(plan, limits):
+                        yield event
+                except ResumeFailed as exc:
+                    if self._began:
+                        raise
+                    log.warning("session_resume_failed", session=plan.resume, error=exc.message)
+                    plan = await core.sessions.plan(identity, request, parts, full, replay=True)
+                    access.continued = False
+                    async for event in self._run(plan, limits):
+                        yield event
+
+    async def _run(self, plan: Plan, limits: dict[str, str]) -> AsyncGenerator[Event, None]:
+        core, request, access = self.core, self.request, self.caller.access
+        settings = core.settings
+        self.headers = {"x-session-id": plan.record.public_id, **limits}
+        turn = plan.turn
+        assembler = reply.Assembler(
+            streaming=request.stream, continuation=turn.results is not None, cli_path=core.cli.path
+        )
+        started = time.monotonic()
+        conversation_id = plan.record.id if plan.continuing else None
+        async with core.pool.acquire(
+            turn.launch,
+            turn.family,
+            model=request.model,
+            conversation=conversation_id,
+            resume=plan.resume,
+            key=self.caller.key.name,
+        ) as lease:
+            await core.sessions.claim(plan, lease)
+            watchdog = Watchdog(settings.inactivity_timeout, settings.max_turn_seconds)
+            ended = False
+            try:
+                failure: errors.ProxyError | None = None
+                try:
+                    async for event in self._drive(lease, turn, watchdog, assembler, started):
+                        self._began = True
+                        yield event
+                except errors.ProxyError as exc:
+                    failure = exc
+                failure = failure or assembler.failure()
+                if failure is not None:
+                    if isinstance(failure, errors.Timeout):
+                        self._alert_timeout(failure.message)
+                    if not (request.stream and self._began):
+                        raise failure
+                    access.error = failure.code
+                    log.warning("stream_failed", code=failure.code, message=failure.message)
+                    yield outcome(assembler, failure)
+                    return
+                if assembler.suspended:
+                    access.tool_calls = len(assembler.calls)
+                usage = assembler.usage()
+                access.prompt_tokens, access.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+                yield outcome(assembler)
+                ended = self._ended_normally(lease, assembler)
+            finally:
+                answer = assembler.message() if ended else None
+                await asyncio.shield(core.sessions.settle(plan, lease, answer))
+                self._account(assembler, turn.family, lease)
+
+    async def _drive(
+        self, lease: Lease, turn: prompt.Turn, watchdog: Watchdog, assembler: reply.Assembler, started: float
+    ) -> AsyncGenerator[TextDelta | ToolCallEvent | Keepalive, None]:
+        """The turn's events as neutral ones, until it ends, fails, or waits for the client's tool results."""
+        core, request = self.core, self.request
+        await lease.apply(turn.options, turn.toolset)
+        tick = core.settings.keepalive_interval if request.stream else None
+        interrupted = False
+        events = lease.turn(turn.lines, watchdog, tick=tick, results=turn.results)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if event is None:  # silence (only asked for when streaming)
+                    yield Keepalive()
+                    continue
+                text = assembler.feed(event)
+                if isinstance(event, System) and event.subtype == "init" and event.apiKeySource is not None:
+                    core.cli.api_key_source = event.apiKeySource
+                if text:
+                    self._first_token(started)
+                    yield TextDelta(text)
+                elif isinstance(event, ToolCall) and event.refusal is None:
+                    self._first_token(started)
+                    yield ToolCallEvent(len(assembler.calls) - 1, event.id, event.name, event.arguments)
+                # The CLI would "continue" past the output limit on its own; the client asked for this many tokens.
+                if assembler.stop_requested and not interrupted:
+                    interrupted = True
+                    await lease.interrupt()
+                if assembler.error is not None or assembler.suspended:
+                    break
+
+    def _first_token(self, started: float) -> None:
+        access = self.caller.access
+        if self.request.stream and access.ttft_ms is None:  # time to first token is a streaming measure
+            access.ttft_ms = round((time.monotonic() - started) * 1000, 1)
+
+    def _ended_normally(self, lease: Lease, assembler: reply.Assembler) -> bool:
+        """The turn is one the conversation can continue from: answered in full (or stopped at tool calls the client
+        now has), with no error, nothing cut."""
+        if assembler.failure() is not None or self.caller.access.disconnected or lease.worker.interrupted:
+            return False
+        if assembler.suspended:
+            return lease.worker.waiting
+        return assembler.finish_reason == "stop" and not lease.worker.in_turn
+
+    def _alert_timeout(self, message: str) -> None:
+        self.core.bus.announce(Alert("timeout", f"{self.caller.key.name} · {self.request.model}: {message}"))
+
+    def _account(self, assembler: reply.Assembler, family: str, lease: Lease) -> None:
+        """Record what the answer used, and let the breaker read the turn's rate-limit state."""
+        core = self.core
+        core.breaker.observe(family, assembler.rate_limit, assembler.result)
+        _note_login(core.cli, assembler.result)
+        usage = assembler.usage()
+        cost = lease.worker.turn_cost if assembler.result is not None else 0.0
+        if not (usage.total_tokens or cost):
+            return
+        key, model = self.caller.key.name, self.request.model
+        core.metrics.used(key, model, usage, cost)
+        core.ledger.note(key, model, usage, cost)
+
+
+def _note_login(cli: CliStatus, result: Result | None) -> None:
+    """A "Not logged in" answer makes the CLI unready (`/health` 503) until a later turn is answered: the CLI reads
+    a login made meanwhile without a restart (measured)."""
+    if result is None:
+        return
+    if reply.not_logged_in(result):
+        if cli.logged_in is not False:
+            log.warning("cli_not_logged_in", path=cli.path)
+        cli.logged_in = False
+    elif not result.is_error and cli.logged_in is False:
+        log.info("cli_logged_in", path=cli.path)
+        cli.logged_in = True
