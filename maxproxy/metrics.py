@@ -29,7 +29,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "maxproxy_requests", "Chat completion requests answered", ["model", "key", "status"], registry=r
+            "maxproxy_requests",
+            "Requests that ran a turn (chat completions and responses), answered",
+            ["model", "key", "status"],
+            registry=r,
         )
         self.ttft = Histogram(
             "maxproxy_time_to_first_token_seconds",

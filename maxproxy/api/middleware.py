@@ -21,6 +21,7 @@ from maxproxy.state import ACCESS, INFLIGHT, KEY, KEYS, METRICS, OWNER, SETTINGS
 log = structlog.get_logger("maxproxy.access")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+TURN_PATHS = frozenset({"/v1/chat/completions", "/v1/responses"})  # requests that run a turn: counted in metrics
 OPEN_PATHS = frozenset({"/health"})  # liveness must work without a key (service managers, `doctor`)
 
 
@@ -47,7 +48,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         if counted:
             request.app[INFLIGHT].leave()
-        if request.path == "/v1/chat/completions":
+        if request.path in TURN_PATHS:
             request.app[METRICS].request(access, status, time.monotonic() - started)
         log.info(
             "request",

@@ -1,5 +1,6 @@
 """The HTTP handlers: `GET /health`, `GET /v1/models[/{id}]`, `POST /v1/chat/completions` (JSON or SSE),
-`GET/DELETE /v1/sessions`, `GET /v1/usage` and `GET /metrics`.
+`POST /v1/responses` (the OpenAI Responses API, JSON or SSE), `GET/DELETE /v1/sessions`, `GET /v1/usage` and
+`GET /metrics`.
 
 A chat request is decoded and checked by its wire module (`wire.chat`), which makes it a neutral `TurnRequest`; the
 turn core (`turns.core`) admits it, runs it on a worker and yields neutral events, which the wire module renders and
@@ -35,7 +36,7 @@ from maxproxy.state import (
 )
 from maxproxy.turns.core import Caller, Core
 from maxproxy.usage import today
-from maxproxy.wire import chat
+from maxproxy.wire import chat, responses
 from maxproxy.wire.models import ModelCard, ModelList
 
 routes = web.RouteTableDef()
@@ -107,6 +108,27 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if chat_request.stream:
         return await relay(request, turn, answer, request.app[SETTINGS].keepalive_interval)
     return await complete(turn, answer)
+
+
+@routes.post("/v1/responses")
+async def create_response(request: web.Request) -> web.StreamResponse:
+    asked = responses.decode_request(await request.read())
+    if asked.previous_response_id is not None:
+        # Stored responses come with GET/DELETE /v1/responses/{id}; until then the client resends its input.
+        raise errors.InvalidRequest(
+            "previous_response_id is not supported yet: send the whole input (store: false)",
+            param="previous_response_id",
+            code="unsupported_parameter",
+        )
+    translated = responses.to_chat(asked)
+    turn = _core(request).turn(responses.to_turn(asked, translated), _caller(request))
+    answer = responses.Answer(asked, translated)
+    try:
+        if asked.stream:
+            return await relay(request, turn, answer, request.app[SETTINGS].keepalive_interval)
+        return await complete(turn, answer)
+    except errors.ProxyError as exc:
+        raise translated.remap(exc) from None  # a check on the neutral turn names the Responses field
 
 
 def _core(request: web.Request) -> Core:
