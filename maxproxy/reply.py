@@ -61,11 +61,15 @@ class Assembler:
         self._retrying = False
         self._replay = ""  # text the retried message must repeat before anything new is released
         self._stream_usage: dict[str, tuple[CliUsage | None, int]] = {}
+        self._thinking: dict[str, dict[int, str]] = {}  # api message id → block index → the model's thinking
+        self.thinking_delta = ""  # thinking the last fed event added (the client sees it as reasoning)
 
     # --- feeding -------------------------------------------------------------------------------------------------
 
     def feed(self, event: TurnEvent) -> str:
-        """Take one event; return the text the client may see now ("" for none)."""
+        """Take one event; return the text the client may see now ("" for none). Thinking it added, if any, is in
+        `thinking_delta` until the next event."""
+        self.thinking_delta = ""
         if isinstance(event, StreamEvent):
             if event.parent_tool_use_id is None:  # a subagent's own stream is not the answer
                 return self._stream(event)
@@ -103,6 +107,11 @@ class Assembler:
             self._stream_usage[message_id] = (usage, 0)
         elif kind == "content_block_delta" and event.delta is not None and event.delta.type == "text_delta":
             return self._text(message_id, event.index or 0, event.delta.text or "")
+        elif kind == "content_block_delta" and event.delta is not None and event.delta.type == "thinking_delta":
+            blocks = self._thinking.setdefault(message_id, {})
+            index = event.index or 0
+            blocks[index] = blocks.get(index, "") + (event.delta.thinking or "")
+            self.thinking_delta = event.delta.thinking or ""
         elif kind == "message_delta":
             if event.delta is not None and event.delta.stop_reason == "max_tokens" and not self.stop_requested:
                 self._finish_reason = "length"
@@ -198,6 +207,12 @@ class Assembler:
     def text(self) -> str:
         """The clean answer: every model call's text, abandoned blocks left out."""
         texts = ("".join(blocks[i] for i in sorted(blocks)) for blocks in self._messages.values())
+        return MESSAGE_SEPARATOR.join(t for t in texts if t)
+
+    @property
+    def thinking(self) -> str:
+        """The model's thinking over the whole turn (what a client shows as reasoning)."""
+        texts = ("".join(blocks[i] for i in sorted(blocks)) for blocks in self._thinking.values())
         return MESSAGE_SEPARATOR.join(t for t in texts if t)
 
     def failure(self) -> errors.ProxyError | None:

@@ -51,6 +51,13 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """The model's thinking as it comes (only when thinking ran): chat's `reasoning_content`, a Responses summary."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallEvent:
     """A complete client tool call: `index` counts the answer's calls from 0; `id` is the id maxproxy issued."""
 
@@ -74,14 +81,15 @@ class Outcome:
     calls: list[ToolCallEvent]  # the calls handed to the client (finish reason `tool_calls`)
     usage: Usage
     error: errors.ProxyError | None = None
+    reasoning: str = ""  # the model's thinking over the whole turn ("" when none ran)
 
 
-Event = TextDelta | ToolCallEvent | Keepalive | Outcome
+Event = TextDelta | ReasoningDelta | ToolCallEvent | Keepalive | Outcome
 
 
 def outcome(assembler: reply.Assembler, error: errors.ProxyError | None = None) -> Outcome:
     calls = [ToolCallEvent(i, c.id, c.name, c.arguments) for i, c in enumerate(assembler.calls)]
-    return Outcome(assembler.finish_reason, assembler.text, calls, assembler.usage(), error)
+    return Outcome(assembler.finish_reason, assembler.text, calls, assembler.usage(), error, assembler.thinking)
 
 
 # --- the core ----------------------------------------------------------------------------------------------------
@@ -202,7 +210,7 @@ class Turn:
 
     async def _drive(
         self, lease: Lease, turn: prompt.Turn, watchdog: Watchdog, assembler: reply.Assembler, started: float
-    ) -> AsyncGenerator[TextDelta | ToolCallEvent | Keepalive, None]:
+    ) -> AsyncGenerator[TextDelta | ReasoningDelta | ToolCallEvent | Keepalive, None]:
         """The turn's events as neutral ones, until it ends, fails, or waits for the client's tool results."""
         core, request = self.core, self.request
         await lease.apply(turn.options, turn.toolset)
@@ -217,6 +225,9 @@ class Turn:
                 text = assembler.feed(event)
                 if isinstance(event, System) and event.subtype == "init" and event.apiKeySource is not None:
                     core.cli.api_key_source = event.apiKeySource
+                if assembler.thinking_delta:
+                    self._first_token(started)
+                    yield ReasoningDelta(assembler.thinking_delta)
                 if text:
                     self._first_token(started)
                     yield TextDelta(text)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from maxproxy.turns.core import Event, Outcome, TextDelta, ToolCallEvent
+from maxproxy.turns.core import Event, Outcome, ReasoningDelta, TextDelta, ToolCallEvent
 from maxproxy.turns.messages import (
     AssistantMessage,
     Effort,
@@ -155,6 +155,7 @@ class ResponseMessage(Struct):
     role: str = "assistant"
     tool_calls: list[ToolCall] | UnsetType = UNSET  # UNSET is left out of the JSON
     refusal: None = None
+    reasoning_content: str | UnsetType = UNSET  # the model's thinking, only when it ran (OpenClaw, LiteLLM read it)
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -212,6 +213,14 @@ class Chunks:
             + b'},"logprobs":null,"finish_reason":null}]}'
         )
 
+    def reasoning(self, text: str) -> bytes:
+        return (
+            self._head
+            + b'[{"index":0,"delta":{"reasoning_content":'
+            + encoder.encode(text)
+            + b'},"logprobs":null,"finish_reason":null}]}'
+        )
+
     def tool_call(self, call: ToolCallEvent) -> tuple[bytes, bytes]:
         """A tool call as the SDKs accumulate it: index, id, type and name first, then the arguments."""
         tail = b'}]},"logprobs":null,"finish_reason":null}]}'
@@ -244,6 +253,8 @@ def completion(completion_id: str, created: int, model: str, outcome: Outcome) -
         response = ResponseMessage(content=outcome.text)
     else:
         response = ResponseMessage(content=outcome.text or None, tool_calls=message(outcome).tool_calls or [])
+    if outcome.reasoning:
+        response.reasoning_content = outcome.reasoning
     body = ChatCompletion(
         id=completion_id,
         created=created,
@@ -279,6 +290,8 @@ class Answer:
     def event(self, event: Event) -> tuple[bytes, ...]:
         if isinstance(event, TextDelta):
             return (self.chunks.content(event.text),)
+        if isinstance(event, ReasoningDelta):
+            return (self.chunks.reasoning(event.text),)
         if isinstance(event, ToolCallEvent):
             return self.chunks.tool_call(event)
         if isinstance(event, Outcome):

@@ -24,7 +24,7 @@ from msgspec import Meta, Struct
 
 from maxproxy import errors, tools
 from maxproxy.turns.core import Event as TurnEvent
-from maxproxy.turns.core import Keepalive, Outcome, TextDelta, ToolCallEvent
+from maxproxy.turns.core import Keepalive, Outcome, ReasoningDelta, TextDelta, ToolCallEvent
 from maxproxy.turns.messages import (
     AssistantMessage,
     DeveloperMessage,
@@ -838,6 +838,8 @@ class ResponseStream:
         """The events one of the turn core's events adds (a keepalive adds none: the handler's SSE comment)."""
         if isinstance(event, TextDelta):
             return self.text(event.text)
+        if isinstance(event, ReasoningDelta):
+            return self.reasoning(event.text)
         if isinstance(event, ToolCallEvent):
             return self.tool_call(event.id, event.name, event.arguments)
         if isinstance(event, Keepalive):
@@ -958,7 +960,8 @@ class Answer:
         return [sse(item) for item in self.stream.feed(event)]
 
     def body(self, outcome: Outcome) -> bytes:
-        # A whole answer comes as its outcome alone: its text first, then its calls, as the model wrote them.
+        # A whole answer comes as its outcome alone: its thinking, its text, then its calls, as the model wrote them.
+        self.stream.reasoning(outcome.reasoning)
         self.stream.text(outcome.text)
         for call in outcome.calls:
             self.stream.feed(call)

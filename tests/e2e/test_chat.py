@@ -216,6 +216,25 @@ async def test_thinking_stays_out_of_the_answer(proxy: Proxy, upstream: FakeUpst
     assert answer.choices[0].message.content == "The answer."
 
 
+async def test_thinking_comes_as_reasoning_content(proxy: Proxy, upstream: FakeUpstream) -> None:
+    thought = Reply(blocks=(Thinking("pondering deeply"), Text(("The ", "answer."))))
+    upstream.push(thought, thought)
+    answer = await proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=HELLO)
+    assert (answer.choices[0].message.model_extra or {}).get("reasoning_content") == "pondering deeply"
+    async with await post(proxy, {"model": "claude-sonnet-4", "messages": HELLO, "stream": True}) as response:
+        stream = await sse.read(response)
+    deltas = [c["choices"][0]["delta"] for c in stream.chunks if c.get("choices")]
+    reasoning = [d["reasoning_content"] for d in deltas if "reasoning_content" in d]
+    assert "".join(reasoning) == "pondering deeply"
+    first_reasoning = next(i for i, d in enumerate(deltas) if "reasoning_content" in d)
+    first_text = next(i for i, d in enumerate(deltas) if d.get("content"))
+    assert first_reasoning < first_text  # the thinking streams before the answer, as the model wrote it
+    assert stream.text == "The answer."
+    # Without thinking nothing extra appears.
+    plain = await proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=HELLO)
+    assert "reasoning_content" not in (plain.choices[0].message.model_extra or {})
+
+
 async def test_retried_stream_is_not_shown_twice(
     cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpstream
 ) -> None:

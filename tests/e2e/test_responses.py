@@ -14,7 +14,7 @@ from openai.types.responses import FunctionToolParam
 
 from tests.conftest import Proxy
 from tests.e2e.test_tools import calls, result_text, tool_results
-from tests.fakes.upstream import FakeUpstream, Reply, ToolUse
+from tests.fakes.upstream import FakeUpstream, Reply, Text, Thinking, ToolUse
 
 MODEL = "claude-sonnet-4"
 WEATHER: FunctionToolParam = {
@@ -149,3 +149,20 @@ async def test_usage_and_metrics_count_a_response_as_they_count_a_chat(proxy: Pr
         text = await response.text()
     [line] = [line for line in text.splitlines() if line.startswith("maxproxy_requests_total{")]
     assert line.endswith(" 2.0")  # both requests, one series (model, key, status)
+
+
+async def test_thinking_comes_as_a_reasoning_summary(proxy: Proxy, upstream: FakeUpstream) -> None:
+    thought = Reply(blocks=(Thinking("pondering deeply"), Text(("The ", "answer."))))
+    upstream.push(thought, thought)
+    response = await proxy.openai.responses.create(model=MODEL, input="why?", reasoning={"summary": "auto"})
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    reasoning = response.output[0]
+    assert reasoning.type == "reasoning"
+    assert "".join(part.text for part in reasoning.summary) == "pondering deeply"
+    assert response.output_text == "The answer."
+    async with proxy.openai.responses.stream(model=MODEL, input="why?") as helper:
+        kinds = [event.type async for event in helper]
+        final = await helper.get_final_response()
+    assert kinds.index("response.reasoning_summary_text.delta") < kinds.index("response.output_text.delta")
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output_text == "The answer."
