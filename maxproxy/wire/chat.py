@@ -206,17 +206,17 @@ class Chunks:
         )
 
     def content(self, text: str) -> bytes:
-        return (
-            self._head
-            + b'[{"index":0,"delta":{"content":'
-            + encoder.encode(text)
-            + b'},"logprobs":null,"finish_reason":null}]}'
-        )
+        return self._delta(b"content", text)
 
     def reasoning(self, text: str) -> bytes:
+        return self._delta(b"reasoning_content", text)
+
+    def _delta(self, field: bytes, text: str) -> bytes:
         return (
             self._head
-            + b'[{"index":0,"delta":{"reasoning_content":'
+            + b'[{"index":0,"delta":{"'
+            + field
+            + b'":'
             + encoder.encode(text)
             + b'},"logprobs":null,"finish_reason":null}]}'
         )
