@@ -582,3 +582,17 @@ def test_feed_core_events_and_to_turn() -> None:
     assert final.usage is not None
     assert final.usage.input_tokens == 7
     assert [o.type for o in final.output] == ["message", "function_call"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "hints"),
+    [
+        ({"metadata": {"conversation_id": "chat-7"}, "prompt_cache_key": "k"}, ("chat-7", "k", None)),
+        ({"metadata": {"conversation_id": 7}, "safety_identifier": "u1"}, (None, None, "u1")),
+        ({"user": "u2", "safety_identifier": "u1"}, (None, None, "u2")),
+    ],
+)
+def test_conversation_hints_reach_the_turn(fields: dict[str, Any], hints: tuple[str | None, ...]) -> None:
+    request = decode_request(body(input="x", **fields))
+    turn = wire.to_turn(request, to_chat(request))
+    assert (turn.conversation_id, turn.prompt_cache_key, turn.user) == hints

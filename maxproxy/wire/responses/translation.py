@@ -126,6 +126,7 @@ def to_turn(request: ResponsesRequest, translated: Translated) -> TurnRequest:
         limit_params=(("max_output_tokens", limit),) if limit is not None else (),
         effort=translated.effort,
         output_schema=translated.response_format,
+        conversation_id=hint if isinstance(hint := (translated.metadata or {}).get("conversation_id"), str) else None,
         prompt_cache_key=translated.prompt_cache_key,
         user=translated.user,
     )
