@@ -4,11 +4,12 @@ The fake Anthropic upstream and the clients run in this process; maxproxy runs a
 maxproxy`, real pinned CLI), so that its CPU and memory are measured apart from its CLI workers'. Side by side, in one
 run: (a) the direct cold CLI, one `claude -p` stream-json process per request — the floor of any spawn-per-request
 proxy; (b) maxproxy: streaming time to first token p50/p95, non-streaming latency, throughput, at concurrency 1, 4
-and 8; CPU seconds per request (maxproxy + its CLI workers); maxproxy's RSS and the total with its workers; and the
-proxy's own CPU per streamed chunk against the CLI's; (c) a function-calling round trip (a request with tools gets a
-tool call, the client sends the result): the follow-up's time to first token when it goes on with the waiting CLI
-turn, against the same follow-up replayed into a clean worker (its conversation deleted first). Timing goals live
-here, never in the tests. Every request goes to 127.0.0.1; every loop is bounded in count.
+and 8, for Chat Completions and for the Responses API side by side; CPU seconds per request (maxproxy + its CLI
+workers); maxproxy's RSS and the total with its workers; and the proxy's own CPU per streamed chunk against the
+CLI's; (c) a function-calling round trip (a request with tools gets a tool call, the client sends the result): the
+follow-up's time to first token when it goes on with the waiting CLI turn, against the same follow-up replayed into
+a clean worker (its conversation deleted first). Timing goals live here, never in the tests. Every request goes to
+127.0.0.1; every loop is bounded in count.
 """
 
 from __future__ import annotations
@@ -184,6 +185,29 @@ async def proxy_complete(http: aiohttp.ClientSession, url: str) -> tuple[float, 
     return total, total, 0
 
 
+async def responses_stream(http: aiohttp.ClientSession, url: str) -> tuple[float, float, int]:
+    """One streamed Responses answer, timed as chat's: to its first `response.output_text.delta`."""
+    started = time.perf_counter()
+    first, chunks = 0.0, 0
+    body = {"model": HELLO["model"], "input": "hi", "stream": True}
+    async with http.post(url, json=body) as response:
+        assert response.status == 200, await response.text()
+        async for raw in response.content:
+            if raw.startswith(b"event: response.output_text.delta"):
+                chunks += 1
+                first = first or time.perf_counter() - started
+    return first, time.perf_counter() - started, chunks
+
+
+async def responses_complete(http: aiohttp.ClientSession, url: str) -> tuple[float, float, int]:
+    started = time.perf_counter()
+    async with http.post(url, json={"model": HELLO["model"], "input": "hi"}) as response:
+        assert response.status == 200, await response.text()
+        await response.read()
+    total = time.perf_counter() - started
+    return total, total, 0
+
+
 async def tool_round_trip(http: aiohttp.ClientSession, url: str, *, replay: bool) -> tuple[float, float, int]:
     """A request with tools → a tool call → the follow-up with the result: (the follow-up's time to first token,
     the whole round trip, content chunks)."""
@@ -292,6 +316,7 @@ async def main(requests: int) -> None:
     async with daemon(env) as (proc, url, _):
         server = Server(proc.pid, f"{url}/v1/chat/completions")
         await wait_warm(server, max(CONCURRENCY))
+        responses = f"{url}/v1/responses"
         async with aiohttp.ClientSession() as http:
             for _ in range(max(CONCURRENCY)):
                 await proxy_complete(http, server.url)  # warm-up
@@ -304,6 +329,20 @@ async def main(requests: int) -> None:
                 rows.append(
                     await measure(
                         "maxproxy non-stream", lambda: proxy_complete(http, server.url), requests, concurrency, server
+                    )
+                )
+                rows.append(
+                    await measure(
+                        "responses stream", lambda: responses_stream(http, responses), requests, concurrency, server
+                    )
+                )
+                rows.append(
+                    await measure(
+                        "responses non-stream",
+                        lambda: responses_complete(http, responses),
+                        requests,
+                        concurrency,
+                        server,
                     )
                 )
             for concurrency in TOOL_CONCURRENCY:
@@ -338,6 +377,9 @@ def report(rows: list[dict[str, object]], memory: tuple[int, int]) -> None:
             f"concurrency {c}: tool follow-up TTFT p50 {continued:.0f} ms on the waiting turn, "
             f"{replayed:.0f} ms replayed ({replayed / continued:.1f}x)"
         )
+    for c in CONCURRENCY:
+        chat, resp = pick("maxproxy stream", c, "ttft_p50_ms"), pick("responses stream", c, "ttft_p50_ms")
+        print(f"concurrency {c}: stream TTFT p50 chat {chat:.1f} ms, responses {resp:.1f} ms ({resp - chat:+.1f} ms)")
     for c in CONCURRENCY:
         cold, warm = "direct cold CLI", "maxproxy stream"
         ttft = pick(warm, c, "ttft_p50_ms") / pick(cold, c, "ttft_p50_ms")
