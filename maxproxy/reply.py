@@ -4,7 +4,8 @@
 the usage and, when the turn failed, the `ProxyError` to answer with. When the upstream stream broke and the CLI
 retried (`abandoned_blocks`, protocol note §2.4), text already sent is not sent twice: the retried answer is matched
 against it and only what goes beyond it is released; if the retry says something else, a streaming client gets an
-error instead of a spliced answer (a non-streaming one gets the clean retried text). The wire protocols
+error instead of a spliced answer (a non-streaming one gets the clean retried text). Thinking is matched the same
+way, but a retry that thinks differently only goes on after a separator. The wire protocols
 (`maxproxy.wire`) write it in their own shape.
 
 Tool calls: the answer stops (`suspended`, finish reason `tool_calls`) once the model's message has ended at
@@ -63,6 +64,10 @@ class Assembler:
         self._stream_usage: dict[str, tuple[CliUsage | None, int]] = {}
         self._thinking: dict[str, dict[int, str]] = {}  # api message id → block index → the model's thinking
         self.thinking_delta = ""  # thinking the last fed event added (the client sees it as reasoning)
+        self._thought: dict[str, dict[int, str]] = {}  # the thinking the client was shown, per message and block
+        self._thought_shown = False
+        self._thought_replay = ""  # shown thinking a retry must repeat before more is shown
+        self._thought_retrying = False
 
     # --- feeding -------------------------------------------------------------------------------------------------
 
@@ -108,10 +113,7 @@ class Assembler:
         elif kind == "content_block_delta" and event.delta is not None and event.delta.type == "text_delta":
             return self._text(message_id, event.index or 0, event.delta.text or "")
         elif kind == "content_block_delta" and event.delta is not None and event.delta.type == "thinking_delta":
-            blocks = self._thinking.setdefault(message_id, {})
-            index = event.index or 0
-            blocks[index] = blocks.get(index, "") + (event.delta.thinking or "")
-            self.thinking_delta = event.delta.thinking or ""
+            self.thinking_delta = self._think(message_id, event.index or 0, event.delta.thinking or "")
         elif kind == "message_delta":
             if event.delta is not None and event.delta.stop_reason == "max_tokens" and not self.stop_requested:
                 self._finish_reason = "length"
@@ -189,7 +191,35 @@ class Assembler:
         self.sent_text = True
         return prefix + text
 
+    def _think(self, message_id: str, index: int, text: str) -> str:
+        """Thinking the client may see now. After a retry, thinking it was already shown is not shown again; a
+        retry that thinks differently goes on after a separator (thinking is not the answer: no error for it)."""
+        if not text:
+            return ""
+        blocks = self._thinking.setdefault(message_id, {})
+        blocks[index] = blocks.get(index, "") + text
+        if self._thought_replay:
+            if self._thought_replay.startswith(text):
+                self._thought_replay = self._thought_replay[len(text) :]
+                return ""
+            if text.startswith(self._thought_replay):
+                text, self._thought_replay = text[len(self._thought_replay) :], ""
+            else:
+                self._thought_replay, self._thought_retrying = "", False
+        emitted = self._thought.setdefault(message_id, {})
+        prefix = MESSAGE_SEPARATOR if not emitted and self._thought_shown and not self._thought_retrying else ""
+        self._thought_retrying = False
+        emitted[index] = emitted.get(index, "") + text
+        self._thought_shown = True
+        return prefix + text
+
     def _abandon(self, message_id: str, from_index: int) -> None:
+        thought = self._thought.get(message_id, {})
+        self._thought_replay = "".join(thought[i] for i in sorted(thought) if i >= from_index) + self._thought_replay
+        self._thought_retrying = bool(self._thought_replay) or self._thought_retrying
+        for store in (self._thinking.get(message_id, {}), thought):
+            for i in [i for i in store if i >= from_index]:
+                del store[i]
         blocks = self._messages.get(message_id, {})
         emitted = self._emitted.get(message_id, {})
         self._replay = "".join(emitted[i] for i in sorted(emitted) if i >= from_index) + self._replay

@@ -511,3 +511,48 @@ def test_chunks_are_exact_and_share_id_created_and_model() -> None:
     ]
     assert content["choices"][0]["delta"] == {"content": 'a "quoted"\nline'}
     assert finish["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+
+
+def thinking_delta(text: str, message: str, index: int = 0) -> Event:
+    return stream_line(
+        {"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": text}},
+        message,
+    )
+
+
+def test_thinking_a_retry_repeats_is_not_shown_twice() -> None:
+    """The stream broke after some thinking and some text; the CLI retried and the model thought the same again."""
+    assembler = reply.Assembler(streaming=True)
+    shown: list[str] = []
+    for event in [
+        start("m1"),
+        thinking_delta("Let me ", "m1"),
+        thinking_delta("th", "m1"),
+        abandon("m1"),
+        start("m2"),
+        thinking_delta("Let me ", "m2"),
+        thinking_delta("think.", "m2"),
+        text_delta("Hi", "m2", index=1),
+        result(usage={"input_tokens": 6, "output_tokens": 4}),
+    ]:
+        assembler.feed(event)
+        shown.append(assembler.thinking_delta)
+    assert "".join(shown) == "Let me think."
+    assert assembler.thinking == "Let me think."  # the abandoned message's thinking is left out
+    assert assembler.text == "Hi"
+
+
+def test_thinking_a_retry_changes_goes_on_after_a_break() -> None:
+    assembler = reply.Assembler(streaming=True)
+    shown: list[str] = []
+    for event in [
+        start("m1"),
+        thinking_delta("First idea", "m1"),
+        abandon("m1"),
+        start("m2"),
+        thinking_delta("Other", "m2"),
+    ]:
+        assembler.feed(event)
+        shown.append(assembler.thinking_delta)
+    assert "".join(shown) == "First idea" + reply.MESSAGE_SEPARATOR + "Other"
+    assert assembler.thinking == "Other"
