@@ -115,7 +115,7 @@ async def test_a_streamed_function_call(proxy: Proxy, upstream: FakeUpstream) ->
         ({"model": MODEL, "input": "hi", "tools": [{"type": "file_search", "vector_store_ids": []}]}, 400, "tools[0]"),
         ({"model": MODEL, "input": [{"type": "function_call_output", "call_id": "c1", "output": "x"}]}, 400, None),
         ({"model": MODEL, "input": "hi", "max_output_tokens": 10**30}, 400, "max_output_tokens"),
-        ({"model": MODEL, "input": "hi", "previous_response_id": "resp_x"}, 400, "previous_response_id"),
+        ({"model": MODEL, "input": "hi", "previous_response_id": "resp_x"}, 404, "previous_response_id"),
         ({"model": MODEL}, 400, None),
     ],
 )
@@ -166,3 +166,29 @@ async def test_thinking_comes_as_a_reasoning_summary(proxy: Proxy, upstream: Fak
     assert kinds.index("response.reasoning_summary_text.delta") < kinds.index("response.output_text.delta")
     assert [item.type for item in final.output] == ["reasoning", "message"]
     assert final.output_text == "The answer."
+
+
+async def test_an_input_image_and_developer_messages_reach_the_model(proxy: Proxy, upstream: FakeUpstream) -> None:
+    from tests.test_prompt import PNG
+
+    response = await proxy.openai.responses.create(
+        model=MODEL,
+        input=[
+            {"role": "developer", "content": "DEVELOPER-MARKER: be brief."},  # how Codex sends its prompt
+            {
+                "type": "message",
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "What is this?"},
+                    {"type": "input_image", "image_url": f"data:image/png;base64,{PNG}", "detail": "auto"},
+                ],
+            },
+        ],
+    )
+    assert response.status == "completed"
+    [call] = upstream.messages_requests
+    blocks = call.messages[0]["content"]
+    images = [b for b in blocks if b["type"] == "image"]
+    assert images == [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]
+    assert any("What is this?" in text for text in call.texts())
+    assert any("DEVELOPER-MARKER" in text for text in [*call.texts(), call.system_text()])
