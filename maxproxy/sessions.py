@@ -14,7 +14,8 @@ follow-up that answers exactly the calls a waiting turn issued (ids maxproxy mad
 ids, so no other client can know them), from the same owner with the same model and system prompt, is that turn's
 continuation even when the messages before the calls differ from the recorded history (OpenClaw moves its context
 message, and may rewrite earlier ones).
-Expired conversations are deleted with their transcripts; transcripts no conversation owns are deleted too.
+Expired conversations are deleted with their transcripts; transcripts no conversation owns are deleted too, and
+so are stored responses (the Responses API's `store`) older than the same TTL.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from maxproxy.claude.command import Launch
 from maxproxy.conversation import Identity, Split, canonical, chain
 from maxproxy.pool import Lease, Pool
 from maxproxy.settings import Settings
-from maxproxy.store import Conversation, Store, new_conversation
+from maxproxy.store import Conversation, ResponseStore, Store, new_conversation
 from maxproxy.turns.messages import AssistantMessage, DeveloperMessage, SystemMessage, ToolMessage, TurnRequest
 
 log = structlog.get_logger("maxproxy.sessions")
@@ -81,6 +82,7 @@ class Sessions:
     def __init__(self, settings: Settings, store: Store, pool: Pool) -> None:
         self.settings = settings
         self.store = store
+        self.responses = ResponseStore(store)  # the Responses API's stored responses: same database, same TTL
         self.pool = pool
         self._locks: dict[str, asyncio.Lock] = {}
         self._users: dict[str, int] = {}
@@ -248,9 +250,17 @@ class Sessions:
         with contextlib.suppress(OSError):
             (self.transcripts / f"{session_id}.jsonl").unlink()
 
+    @property
+    def cutoff(self) -> float:
+        """Conversations unused and responses stored before this time have expired."""
+        return time.time() - self.settings.session_ttl_days * 86400
+
     async def sweep(self) -> None:
-        """Delete expired conversations with their transcripts, and transcripts that no conversation owns."""
-        cutoff = time.time() - self.settings.session_ttl_days * 86400
+        """Delete expired conversations with their transcripts, transcripts that no conversation owns, and expired
+        stored responses."""
+        cutoff = self.cutoff
+        if expired := await self.responses.expire(cutoff):
+            log.info("responses_expired", responses=expired)
         for record in await self.store.expired(cutoff):
             self.pool.forget(record.id)
             self._waiting.pop(record.id, None)

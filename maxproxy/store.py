@@ -2,7 +2,9 @@
 `kill -9` of maxproxy. A conversation row maps a conversation (owner, the client's name for it or none, the hash of
 its history after the last turn) to the CLI session that holds it, whether that session can still be resumed, its
 model and its use. A usage row sums one API key's requests, tokens and cost for one model on one UTC day. Queries are
-small and indexed; they run on a worker thread so the event loop never waits on the disk.
+small and indexed; they run on a worker thread so the event loop never waits on the disk. A stored response (the
+Responses API's `store`) keeps its owner, its final response object, the request's own input items and the whole
+input it was answered from (to go on from it), with an index of its items by id (for `item_reference`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,23 @@ CREATE TABLE IF NOT EXISTS usage (
     cost_usd REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (day, key, model)
 );
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created REAL NOT NULL,
+    response BLOB NOT NULL,
+    input BLOB NOT NULL,
+    history BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_by_age ON responses(created);
+CREATE TABLE IF NOT EXISTS response_items (
+    owner TEXT NOT NULL,
+    id TEXT NOT NULL,
+    response_id TEXT NOT NULL,
+    item BLOB NOT NULL,
+    PRIMARY KEY (owner, id)
+);
+CREATE INDEX IF NOT EXISTS response_items_by_response ON response_items(response_id);
 """
 
 
@@ -113,6 +132,27 @@ class Store:
         done = asyncio.get_running_loop().run_in_executor(None, lambda: db.execute(sql, args).fetchall())
         done.add_done_callback(_released(self._lock))
         return await asyncio.shield(done)
+
+    async def _batch(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+        """Several statements as one transaction (all or none), under the one lock like `_run`."""
+        db = self._db
+        if db is None:
+            raise RuntimeError("store not open")
+
+        def run() -> None:
+            db.execute("BEGIN")
+            try:
+                for sql, args in statements:
+                    db.execute(sql, args)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+        await self._lock.acquire()
+        done = asyncio.get_running_loop().run_in_executor(None, run)
+        done.add_done_callback(_released(self._lock))
+        await asyncio.shield(done)
 
     async def find(self, owner: str, name: str | None, head: bytes) -> Conversation | None:
         if name is not None:
@@ -232,6 +272,98 @@ class UsageStore:
         rows = await self._store._run(sql + " ORDER BY day, key, model", args)
         names = _USAGE_COLUMNS.split(", ")
         return [msgspec.convert(dict(zip(names, r, strict=True)), UsageRow, strict=False) for r in rows]
+
+
+class StoredResponse(msgspec.Struct):
+    """One stored response: JSON blobs as they are sent or read back (`response` is the final response object,
+    `input` the request's own items with ids, `history` the whole input the response was answered from)."""
+
+    id: str
+    owner: str
+    created: float  # time.time() when it was stored; it expires `session_ttl_days` later
+    response: bytes
+    input: bytes
+    history: bytes
+
+
+_RESPONSE_COLUMNS = "id, owner, created, response, input, history"
+_RESPONSE_SELECT = "SELECT id, owner, created, response, input, history FROM responses"
+
+
+class ResponseStore:
+    """The stored responses of a `Store` (same database, same connection). Every read is by owner and not older
+    than `since` (the expiry cutoff), so an expired row is gone for its owner before the sweep deletes it."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def save(self, row: StoredResponse, items: list[tuple[str, bytes]]) -> None:
+        """Store `row` with its items (id, JSON) for `item_reference`; a later item with the same id wins."""
+        statements: list[tuple[str, tuple[object, ...]]] = [
+            (
+                "INSERT OR REPLACE INTO responses (id, owner, created, response, input, history) VALUES (?,?,?,?,?,?)",
+                (row.id, row.owner, row.created, row.response, row.input, row.history),
+            )
+        ]
+        statements += [
+            (
+                "INSERT OR REPLACE INTO response_items (owner, id, response_id, item) VALUES (?,?,?,?)",
+                (row.owner, item_id, row.id, item),
+            )
+            for item_id, item in items
+        ]
+        await self._store._batch(statements)
+
+    async def get(self, owner: str, response_id: str, since: float) -> StoredResponse | None:
+        rows = await self._store._run(
+            _RESPONSE_SELECT + " WHERE id=? AND owner=? AND created >= ?",
+            (response_id, owner, since),
+        )
+        names = _RESPONSE_COLUMNS.split(", ")
+        return msgspec.convert(dict(zip(names, rows[0], strict=True)), StoredResponse) if rows else None
+
+    async def items(self, owner: str, ids: list[str], since: float) -> dict[str, bytes]:
+        """The items with these ids (JSON) in the owner's unexpired responses."""
+        if not ids:
+            return {}
+        rows = await self._store._run(
+            "SELECT i.id, i.item FROM response_items i JOIN responses r ON r.id = i.response_id "
+            "WHERE i.owner=? AND r.owner=? AND r.created >= ? AND i.id IN (SELECT value FROM json_each(?))",
+            (owner, owner, since, msgspec.json.encode(ids).decode()),
+        )
+        found: dict[str, bytes] = {}
+        for item_id, item in rows:
+            assert isinstance(item_id, str)
+            assert isinstance(item, bytes)
+            found[item_id] = item
+        return found
+
+    async def delete(self, owner: str, response_id: str, since: float) -> bool:
+        if await self.get(owner, response_id, since) is None:
+            return False
+        await self._store._batch(
+            [
+                ("DELETE FROM response_items WHERE response_id=?", (response_id,)),
+                ("DELETE FROM responses WHERE id=? AND owner=?", (response_id, owner)),
+            ]
+        )
+        return True
+
+    async def expire(self, before: float) -> int:
+        """Delete the responses stored before `before` and their items; how many responses went."""
+        rows = await self._store._run("SELECT COUNT(*) FROM responses WHERE created < ?", (before,))
+        await self._store._batch(
+            [
+                (
+                    "DELETE FROM response_items WHERE response_id IN (SELECT id FROM responses WHERE created < ?)",
+                    (before,),
+                ),
+                ("DELETE FROM responses WHERE created < ?", (before,)),
+            ]
+        )
+        count = rows[0][0]
+        assert isinstance(count, int)
+        return count
 
 
 def new_conversation(owner: str, name: str | None, model: str, launch: str) -> Conversation:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-from maxproxy.store import Store
+from maxproxy.store import ResponseStore, Store, StoredResponse
 
 from tests.conftest import wait_for
 
@@ -134,3 +134,57 @@ async def test_a_cancelled_callers_statement_keeps_the_connection_taken(store: S
     await wait_for(lambda: not store._lock.locked())  # freed when the statement is done, not before
     assert db.statements_done == 1
     assert await store._run("SELECT 1") == [(1,)]
+
+
+def stored(response_id: str, owner: str = "alice", created: float = 1000.0) -> StoredResponse:
+    return StoredResponse(
+        id=response_id, owner=owner, created=created, response=b'{"id": 1}', input=b"[]", history=b"[]"
+    )
+
+
+@pytest.fixture
+async def responses(tmp_path: Path) -> AsyncIterator[ResponseStore]:
+    store = Store(tmp_path / "r.sqlite3")
+    await store.open()
+    yield ResponseStore(store)
+    await store.close()
+
+
+async def test_stored_responses_are_their_owners_until_they_expire(responses: ResponseStore, tmp_path: Path) -> None:
+    await responses.save(stored("resp_a"), [("msg_1", b'{"id": "msg_1"}')])
+    await responses.save(stored("resp_b", owner="bob", created=2000.0), [("msg_1", b'{"id": "bob"}')])
+    assert await responses.get("alice", "resp_a", since=0) == stored("resp_a")
+    assert await responses.get("bob", "resp_a", since=0) is None  # another owner's id does not exist
+    assert await responses.get("alice", "resp_a", since=1500) is None  # expired, even before a sweep
+    assert await responses.items("alice", ["msg_1", "msg_x"], since=0) == {"msg_1": b'{"id": "msg_1"}'}
+    assert await responses.items("bob", ["msg_1"], since=0) == {"msg_1": b'{"id": "bob"}'}
+    assert await responses.items("alice", ["msg_1"], since=1500) == {}
+    assert await responses.expire(1500) == 1
+    assert await responses.items("alice", ["msg_1"], since=0) == {}  # the items went with their response
+    assert not await responses.delete("alice", "resp_b", since=0)
+    assert await responses.delete("bob", "resp_b", since=0)
+    assert await responses.items("bob", ["msg_1"], since=0) == {}
+
+
+async def test_stored_responses_survive_a_reopen(tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.sqlite3")
+    await store.open()
+    await ResponseStore(store).save(stored("resp_a"), [])
+    await store.close()
+    again = Store(tmp_path / "r.sqlite3")
+    await again.open()
+    assert await ResponseStore(again).get("alice", "resp_a", since=0) == stored("resp_a")
+    await again.close()
+
+
+async def test_a_batch_is_all_or_nothing(responses: ResponseStore) -> None:
+    store = responses._store
+    with pytest.raises(sqlite3.OperationalError):
+        await store._batch(
+            [
+                ("INSERT INTO responses VALUES ('r', 'o', 1, x'', x'', x'')", ()),
+                ("INSERT INTO no_such_table VALUES (1)", ()),
+            ]
+        )
+    assert await store._run("SELECT COUNT(*) FROM responses") == [(0,)]
+    assert not store._lock.locked()

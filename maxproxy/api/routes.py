@@ -1,6 +1,7 @@
 """The HTTP handlers: `GET /health`, `GET /v1/models[/{id}]`, `POST /v1/chat/completions` (JSON or SSE),
-`POST /v1/responses` (the OpenAI Responses API, JSON or SSE), `GET/DELETE /v1/sessions`, `GET /v1/usage` and
-`GET /metrics`.
+`POST /v1/responses` (the OpenAI Responses API, JSON or SSE) with its stored responses (`GET`/`DELETE
+/v1/responses/{id}`, `GET /v1/responses/{id}/input_items`; `previous_response_id` continues from one, see
+`api.stored_responses`), `GET/DELETE /v1/sessions`, `GET /v1/usage` and `GET /metrics`.
 
 A chat request is decoded and checked by its wire module (`wire.chat`), which makes it a neutral `TurnRequest`; the
 turn core (`turns.core`) admits it, runs it on a worker and yields neutral events, which the wire module renders and
@@ -17,6 +18,7 @@ import msgspec
 from aiohttp import web
 
 from maxproxy import __version__, errors
+from maxproxy.api import stored_responses
 from maxproxy.api.sse import complete, relay
 from maxproxy.metrics import CONTENT_TYPE
 from maxproxy.state import (
@@ -34,7 +36,7 @@ from maxproxy.state import (
     SESSIONS,
     SETTINGS,
 )
-from maxproxy.turns.core import Caller, Core
+from maxproxy.turns.core import Caller, Core, Outcome
 from maxproxy.usage import today
 from maxproxy.wire import chat, responses
 from maxproxy.wire.models import ModelCard, ModelList
@@ -113,22 +115,45 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 @routes.post("/v1/responses")
 async def create_response(request: web.Request) -> web.StreamResponse:
     asked = responses.decode_request(await request.read())
-    if asked.previous_response_id is not None:
-        # Stored responses come with GET/DELETE /v1/responses/{id}; until then the client resends its input.
-        raise errors.InvalidRequest(
-            "previous_response_id is not supported yet: send the whole input (store: false)",
-            param="previous_response_id",
-            code="unsupported_parameter",
-        )
-    translated = responses.to_chat(asked)
-    turn = _core(request).turn(responses.to_turn(asked, translated), _caller(request))
-    answer = responses.Answer(asked, translated)
+    # With previous_response_id (or item_reference), the input as a client that resends it whole would send it.
+    thread = stored_responses.Thread(request.app[SESSIONS], request[OWNER])
+    whole = await thread.load(asked)
+    try:
+        translated = responses.to_chat(whole)
+    except errors.ProxyError as exc:
+        raise thread.shifted(exc) from None
+    turn = _core(request).turn(responses.to_turn(whole, translated), _caller(request))
+    answer = responses.Answer(whole, translated)
+
+    async def keep(outcome: Outcome) -> None:
+        await thread.keep(request, answer.stream, outcome)
+
+    ending = keep if translated.store else None
     try:
         if asked.stream:
-            return await relay(request, turn, answer, request.app[SETTINGS].keepalive_interval)
-        return await complete(turn, answer)
+            return await relay(request, turn, answer, request.app[SETTINGS].keepalive_interval, ending)
+        return await complete(turn, answer, ending)
     except errors.ProxyError as exc:
-        raise translated.remap(exc) from None  # a check on the neutral turn names the Responses field
+        # A check on the neutral turn names the Responses field, in the client's own input.
+        raise thread.shifted(translated.remap(exc)) from None
+
+
+@routes.get("/v1/responses/{id}")
+async def retrieve_response(request: web.Request) -> web.Response:
+    body = await stored_responses.retrieve(request.app[SESSIONS], request[OWNER], request.match_info["id"])
+    return web.Response(body=body, content_type="application/json")
+
+
+@routes.delete("/v1/responses/{id}")
+async def delete_response(request: web.Request) -> web.Response:
+    deleted = await stored_responses.delete(request.app[SESSIONS], request[OWNER], request.match_info["id"])
+    return web.json_response(deleted)
+
+
+@routes.get("/v1/responses/{id}/input_items")
+async def list_input_items(request: web.Request) -> web.Response:
+    sessions, owner, response_id = request.app[SESSIONS], request[OWNER], request.match_info["id"]
+    return web.json_response(await stored_responses.input_items(sessions, owner, response_id, request.query))
 
 
 def _core(request: web.Request) -> Core:

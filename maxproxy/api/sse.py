@@ -2,19 +2,22 @@
 silent, stalled-peer detection) opened lazily — so an error that comes before the first token can still be a real
 HTTP status — with `data:` lines written as ready-made bytes, one write per chunk on the hot path; and the two loops
 that take a turn core's events to the client through a wire protocol's `Rendering`, as a stream (`relay`) or as one
-JSON body (`complete`).
+JSON body (`complete`). Both can await an `Ending` once the outcome is rendered and before it is written (where a
+stored response is kept, so a client that reads its terminal event finds it stored).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from maxproxy.turns.core import Event, Outcome, Turn
+
+Ending = Callable[[Outcome], Awaitable[None]]
 
 
 class Rendering(Protocol):
@@ -68,7 +71,9 @@ class Stream:
         return self.response
 
 
-async def relay(request: web.Request, turn: Turn, rendering: Rendering, keepalive: float) -> web.StreamResponse:
+async def relay(
+    request: web.Request, turn: Turn, rendering: Rendering, keepalive: float, ending: Ending | None = None
+) -> web.StreamResponse:
     """Stream the turn: headers wait for the first event (a keepalive tick opens the stream too); an error before
     it is raised, with its own status. The stream is closed before the turn is recorded, as the core expects."""
     out: Stream | None = None
@@ -79,7 +84,11 @@ async def relay(request: web.Request, turn: Turn, rendering: Rendering, keepaliv
                     headers = rendering.headers(turn.headers)
                     out = Stream(request, headers, keepalive, rendering.opening(), framed=rendering.framed)
                     await out.send(b"")
-                for payload in rendering.event(event):
+                payloads = rendering.event(event)
+                if isinstance(event, Outcome) and ending is not None:
+                    payloads = list(payloads)  # rendered, so the answer is whole before `ending` runs
+                    await ending(event)
+                for payload in payloads:
                     await out.send(payload)
                 if isinstance(event, Outcome):
                     await out.close(rendering.done)
@@ -92,7 +101,7 @@ async def relay(request: web.Request, turn: Turn, rendering: Rendering, keepaliv
     return out.response
 
 
-async def complete(turn: Turn, rendering: Rendering) -> web.Response:
+async def complete(turn: Turn, rendering: Rendering, ending: Ending | None = None) -> web.Response:
     """The whole answer as one body (a non-streaming turn raises its errors)."""
     result: Outcome | None = None
     async with contextlib.aclosing(turn.events()) as events:
@@ -102,4 +111,7 @@ async def complete(turn: Turn, rendering: Rendering) -> web.Response:
     assert result is not None, "a turn yields an Outcome or raises"
     assert result.error is None, "a non-streaming turn raises its errors"
     headers = rendering.headers(turn.headers)
-    return web.Response(body=rendering.body(result), content_type=rendering.content_type, headers=headers)
+    body = rendering.body(result)
+    if ending is not None:
+        await ending(result)
+    return web.Response(body=body, content_type=rendering.content_type, headers=headers)
