@@ -135,6 +135,13 @@ class CLIFailed(UpstreamError):
     code = "cli_failed"
 
 
+class InvalidStructuredOutput(UpstreamError):
+    """The model's answer was not JSON for the request's response format, also after the retries it was given: the
+    answer cannot be given (the client gets this, never the invalid text)."""
+
+    code = "invalid_structured_output"
+
+
 class Unavailable(ProxyError):
     status = 503
     type = "service_unavailable"

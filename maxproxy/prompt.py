@@ -8,6 +8,9 @@ delivers it verbatim: no slash commands (`/clear`, `/model`) and no `@file` expa
 The client's system prompt is, by default, embedded as a delimited block at the head of the first user message
 rather than replacing the CLI's own system prompt (settings `system_prompt_mode`; README: "System prompts").
 
+A structured turn (`output_schema`) carries a note saying what JSON to answer with, as the last block of its final
+user message (`turns.structured`).
+
 With `tools`, earlier tool calls and their results are replayed as real `tool_use`/`tool_result` blocks, and the
 tool messages that answer the calls a waiting turn stopped at become that turn's `results` (the CLI gets them as the
 calls' results, not as a new message). Every tool message must answer a call of the assistant message before it,
@@ -25,6 +28,7 @@ import msgspec
 from maxproxy import errors, tools
 from maxproxy.claude.command import Launch, Options
 from maxproxy.settings import Settings
+from maxproxy.turns import structured
 from maxproxy.turns.messages import (
     AssistantMessage,
     Content,
@@ -129,6 +133,8 @@ def build(request: TurnRequest, settings: Settings, *, start: int = 0) -> Turn:
             blocks.sort(key=lambda b: b["type"] != "tool_result")
     if toolset is not None and steps and (note := toolset.instructions()):
         steps[-1][1].append({"type": "text", "text": note})
+    if request.output_schema is not None and steps and steps[-1][0] == "user":
+        steps[-1][1].append({"type": "text", "text": structured.instructions(request.output_schema)})
     if steps and steps[0][0] == "assistant":
         # The model's input must open with a user turn; a bot whose history starts with its own greeting gets a
         # neutral marker in front of it.
@@ -154,16 +160,7 @@ def build(request: TurnRequest, settings: Settings, *, start: int = 0) -> Turn:
                 }
             )
         else:
-            line: Line = {
-                "type": "user",
-                "message": {"role": "user", "content": blocks},
-                "parent_tool_use_id": None,
-                "session_id": "",
-                "client_composed": True,
-            }
-            if n != last:
-                line["shouldQuery"] = False
-            lines.append(line)
+            lines.append(user_line(blocks, query=n == last))
     cli_tools = None
     if toolset is not None and settings.cli_tools and not settings.mix_cli_tools:
         cli_tools = ""  # the client's tools only: the CLI's own are off for this request
@@ -175,6 +172,20 @@ def build(request: TurnRequest, settings: Settings, *, start: int = 0) -> Turn:
         toolset=toolset or tools.Toolset(),
         results=results,
     )
+
+
+def user_line(blocks: list[Block], *, query: bool = True) -> Line:
+    """A user stdin line; without `query`, history the model does not answer yet."""
+    line: Line = {
+        "type": "user",
+        "message": {"role": "user", "content": blocks},
+        "parent_tool_use_id": None,
+        "session_id": "",
+        "client_composed": True,
+    }
+    if not query:
+        line["shouldQuery"] = False
+    return line
 
 
 def _check_tool_messages(request: TurnRequest) -> None:

@@ -102,6 +102,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # How the client's system prompt reaches the model: "embed" (a block at the head of the first user message; the
     # CLI's own system prompt stays), "append" (--append-system-prompt) or "replace" (--system-prompt).
     system_prompt_mode: Literal["embed", "append", "replace"] = "embed"
+    # A structured answer (`response_format`, `text.format`) that is not JSON for its schema is asked for again this
+    # many times, on the same worker within the same turn, before the request fails (502 invalid_structured_output).
+    structured_output_retries: Annotated[int, Meta(ge=0, le=5)] = 1
     inactivity_timeout: Seconds = 600.0  # no event from the CLI for this long: the turn is stopped (504)
     max_turn_seconds: Seconds = 3600.0  # hard cap on one turn
     body_limit: Annotated[int, Meta(ge=1024)] = 32 * 1024 * 1024

@@ -105,14 +105,15 @@ class Toolset(msgspec.Struct, frozen=True):
 _NO_REMOTE: referencing.jsonschema.SchemaRegistry = referencing.Registry()
 
 
-def _validator(schema: dict[str, Any]) -> Any:
+def validator(schema: dict[str, Any]) -> Any:
+    """A validator for a checked schema (`schema_problem`) that never fetches a remote `$ref`."""
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     return cls(schema, registry=_NO_REMOTE)
 
 
 def _first_error(schema: dict[str, Any], arguments: dict[str, Any]) -> str | None:
     try:
-        error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(arguments))
+        error = jsonschema.exceptions.best_match(validator(schema).iter_errors(arguments))
     except referencing.exceptions.Unresolvable as exc:  # checked at parse time; a nested path can still miss
         return f"the tool's schema cannot be applied ({exc})"
     if error is None:
@@ -167,21 +168,23 @@ def _parse(raw: bytes) -> tuple[Tool, ...]:
                 f"{where}.function.parameters must be a JSON Schema of type object",
                 param=f"{where}.function.parameters",
             )
-        try:
-            jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
-            _check_refs(schema)
-        except jsonschema.SchemaError as exc:
-            raise errors.InvalidRequest(
-                f"{where}.function.parameters is not a valid JSON Schema: {exc.message}",
-                param=f"{where}.function.parameters",
-            ) from None
-        except referencing.exceptions.Unresolvable as exc:
-            raise errors.InvalidRequest(
-                f"{where}.function.parameters has a $ref that does not resolve within the schema: {exc}",
-                param=f"{where}.function.parameters",
-            ) from None
+        if (problem := schema_problem(schema)) is not None:
+            raise errors.InvalidRequest(f"{where}.function.parameters {problem}", param=f"{where}.function.parameters")
         parsed.append(Tool(name=name, description=description, schema={"type": "object", **schema}))
     return tuple(parsed)
+
+
+def schema_problem(schema: dict[str, Any]) -> str | None:
+    """Why `schema` is not a JSON Schema maxproxy can apply (its meta-schema, Draft 2020-12 unless `$schema` says
+    otherwise; every `$ref` inside it), as the end of a sentence that names it, or None."""
+    try:
+        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
+        _check_refs(schema)
+    except jsonschema.SchemaError as exc:
+        return f"is not a valid JSON Schema: {exc.message}"
+    except referencing.exceptions.Unresolvable as exc:
+        return f"has a $ref that does not resolve within the schema: {exc}"
+    return None
 
 
 def _check_refs(schema: dict[str, Any]) -> None:

@@ -9,10 +9,12 @@ from typing import Any
 import msgspec
 import pytest
 from maxproxy import errors
+from maxproxy.turns import structured
 from maxproxy.turns.messages import (
     AssistantMessage,
     DeveloperMessage,
     ImagePart,
+    OutputSchema,
     SystemMessage,
     TextPart,
     ToolMessage,
@@ -243,15 +245,12 @@ def test_string_input_and_options() -> None:
     assert t.messages == [UserMessage(content="hello")]
     assert t.effort == "high"
     assert t.summary is False
-    assert t.response_format == {
-        "type": "json_schema",
-        "json_schema": {"name": "Answer", "schema": {"type": "object"}, "strict": True},
-    }
+    assert t.output_schema == OutputSchema(kind="json_schema", schema={"type": "object"}, name="Answer")
     assert t.ignored == ["temperature"]
     assert t.user == "u1"
     assert t.tool_choice == "none"
-    assert translate(input="x", text={"format": {"type": "json_object"}}).response_format == {"type": "json_object"}
-    assert translate(input="x", text={"format": {"type": "text"}}).response_format is None
+    assert translate(input="x", text={"format": {"type": "json_object"}}).output_schema == structured.JSON_OBJECT
+    assert translate(input="x", text={"format": {"type": "text"}}).output_schema is None
 
 
 def test_images() -> None:

@@ -1,13 +1,14 @@
 """The turn core: one turn, whatever protocol asked for it. `Core.turn(request, caller)` gives a `Turn`; iterating
-`Turn.events()` checks the key's models, admits the request (quotas, their headers, the breaker), finds its
-conversation (one turn at a time; continue, resume, or replay when a resume fails), leases a worker, runs the turn
-under the watchdog (stopping it at the output limit), and accounts for it (usage ledger, metrics, breaker, the CLI's
-login state, timeout alerts). It yields neutral events — `TextDelta`, `ToolCallEvent`, `Keepalive` (silence, only
-when streaming) — and ends with an `Outcome`. An error before the first event (or any error of a non-streaming turn)
-is raised, so the wire answers with its real HTTP status; a streaming turn that fails after its first event ends with
-an `Outcome` whose `error` is set, which the wire renders inside its stream. The conversation is recorded only after
-the consumer took the `Outcome` and asked for more: iterate to the end (`contextlib.aclosing`); a consumer that stops
-early (its client went away) leaves the turn unrecorded.
+`Turn.events()` checks the key's models, admits the request (quotas, their headers, the breaker), finds its conversation
+(one turn at a time; continue, resume, or replay when a resume fails), leases a worker, runs the turn under the watchdog
+(stopping it at the output limit), and accounts for it (usage ledger, metrics, breaker, the CLI's login state, timeout
+alerts). It yields neutral events — `TextDelta`, `ToolCallEvent`, `Keepalive` (silence, only when streaming) — and ends
+with an `Outcome`. A structured turn (`output_schema`) holds its answer's text back until it is checked JSON for the
+schema, asking the model again on the same lease when it is not (`Turn._answer`, `turns.structured`). An error before
+the first event (or any error of a non-streaming turn) is raised, so the wire answers with its real HTTP status; a
+streaming turn that fails after its first event ends with an `Outcome` whose `error` is set, which the wire renders
+inside its stream. The conversation is recorded only after the consumer took the `Outcome` and asked for more: iterate
+to the end (`contextlib.aclosing`); a consumer that stops early (its client went away) leaves the turn unrecorded.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from maxproxy.quota import Quotas
 from maxproxy.sessions import Plan, Sessions
 from maxproxy.settings import Settings
 from maxproxy.state import Access
-from maxproxy.turns.messages import FinishReason, TurnRequest, Usage
+from maxproxy.turns import structured
+from maxproxy.turns.messages import AssistantMessage, FinishReason, PromptTokensDetails, TurnRequest, Usage
 from maxproxy.usage import Ledger
 
 log = structlog.get_logger("maxproxy.turns")
@@ -90,6 +92,53 @@ Event = TextDelta | ReasoningDelta | ToolCallEvent | Keepalive | Outcome
 def outcome(assembler: reply.Assembler, error: errors.ProxyError | None = None) -> Outcome:
     calls = [ToolCallEvent(i, c.id, c.name, c.arguments) for i, c in enumerate(assembler.calls)]
     return Outcome(assembler.finish_reason, assembler.text, calls, assembler.usage(), error, assembler.thinking)
+
+
+@dataclass
+class Attempts:
+    """The CLI turns one answer took: one, or more when a structured answer was asked for again (`current` is the
+    last). Usage and cost add up over all of them; the answer is the last one's, with its checked JSON as the text."""
+
+    current: reply.Assembler
+    earlier: list[reply.Assembler] = field(default_factory=list)
+    earlier_cost: float = 0.0  # what the earlier CLI turns cost (the worker reports the last one's)
+    checked: str | None = None  # a structured answer's JSON text, once it validated
+
+    @property
+    def all(self) -> list[reply.Assembler]:
+        return [*self.earlier, self.current]
+
+    def again(self, assembler: reply.Assembler, cost: float) -> None:
+        self.earlier.append(self.current)
+        self.earlier_cost += cost
+        self.current = assembler
+
+    def usage(self) -> Usage:
+        used = [a.usage() for a in self.all]
+        if len(used) == 1:
+            return used[0]
+        prompt_tokens, completion = sum(u.prompt_tokens for u in used), sum(u.completion_tokens for u in used)
+        cached = sum(u.prompt_tokens_details.cached_tokens for u in used)
+        return Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=prompt_tokens + completion,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+        )
+
+    def outcome(self, error: errors.ProxyError | None = None) -> Outcome:
+        last = self.current
+        calls = [ToolCallEvent(i, c.id, c.name, c.arguments) for i, c in enumerate(last.calls)]
+        text = self.checked if self.checked is not None else last.text
+        thinking = reply.MESSAGE_SEPARATOR.join(a.thinking for a in self.all if a.thinking)
+        return Outcome(last.finish_reason, text, calls, self.usage(), error, thinking)
+
+    def message(self) -> AssistantMessage:
+        """The answer as the conversation records it (a structured one: the JSON the client got)."""
+        answer = self.current.message()
+        if self.checked is not None:
+            answer.content = self.checked
+        return answer
 
 
 # --- the core ----------------------------------------------------------------------------------------------------
@@ -163,8 +212,8 @@ class Turn:
         settings = core.settings
         self.headers = {"x-session-id": plan.record.public_id, **limits}
         turn = plan.turn
-        assembler = reply.Assembler(
-            streaming=request.stream, continuation=turn.results is not None, cli_path=core.cli.path
+        attempts = Attempts(
+            reply.Assembler(streaming=request.stream, continuation=turn.results is not None, cli_path=core.cli.path)
         )
         started = time.monotonic()
         conversation_id = plan.record.id if plan.continuing else None
@@ -182,12 +231,12 @@ class Turn:
             try:
                 failure: errors.ProxyError | None = None
                 try:
-                    async for event in self._drive(lease, turn, watchdog, assembler, started):
+                    async for event in self._answer(lease, turn, watchdog, attempts, started):
                         self._began = True
                         yield event
                 except errors.ProxyError as exc:
                     failure = exc
-                failure = failure or assembler.failure()
+                failure = failure or attempts.current.failure()
                 if failure is not None:
                     if isinstance(failure, errors.Timeout):
                         self._alert_timeout(failure.message)
@@ -195,28 +244,95 @@ class Turn:
                         raise failure
                     access.error = failure.code
                     log.warning("stream_failed", code=failure.code, message=failure.message)
-                    yield outcome(assembler, failure)
+                    yield attempts.outcome(failure)
                     return
-                if assembler.suspended:
-                    access.tool_calls = len(assembler.calls)
-                usage = assembler.usage()
+                if attempts.current.suspended:
+                    access.tool_calls = len(attempts.current.calls)
+                usage = attempts.usage()
                 access.prompt_tokens, access.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-                yield outcome(assembler)
-                ended = self._ended_normally(lease, assembler)
+                yield attempts.outcome()
+                ended = self._ended_normally(lease, attempts.current)
             finally:
-                answer = assembler.message() if ended else None
+                answer = attempts.message() if ended else None
                 await asyncio.shield(core.sessions.settle(plan, lease, answer))
-                self._account(assembler, turn.family, lease)
+                self._account(attempts, turn.family, lease)
+
+    async def _answer(
+        self, lease: Lease, turn: prompt.Turn, watchdog: Watchdog, attempts: Attempts, started: float
+    ) -> AsyncGenerator[TextDelta | ReasoningDelta | ToolCallEvent | Keepalive, None]:
+        """The answer's events. A structured answer's text (`output_schema`) is held back until the turn ends and
+        checked; while it is not JSON for the schema, the model is told what is wrong, on the same worker, and
+        answers again (`structured_output_retries` times at most, then `InvalidStructuredOutput`). Thinking and tool
+        calls go out as they come (text before a call with it: the check is for the final answer); a keepalive goes
+        out when the held text has kept the client waiting a keepalive interval. An answer cut at the output limit
+        is not asked for again: it goes out as it is, with finish reason `length`, as OpenAI's does."""
+        output = self.request.output_schema
+        if output is None:
+            async for event in self._drive(lease, turn, watchdog, attempts.current, started):
+                yield event
+            return
+        settings = self.core.settings
+        tick = settings.keepalive_interval if self.request.stream else None
+        lines, results = turn.lines, turn.results
+        for attempt in range(settings.structured_output_retries + 1):
+            assembler = attempts.current
+            held: list[str] = []
+            shown = time.monotonic()  # when the client last got something
+            async for event in self._drive(lease, turn, watchdog, assembler, started, lines=lines, results=results):
+                if isinstance(event, TextDelta):
+                    held.append(event.text)
+                    if tick is None or time.monotonic() - shown < tick:
+                        continue
+                    event = Keepalive()
+                elif isinstance(event, ToolCallEvent) and held:
+                    yield TextDelta("".join(held))
+                    held = []
+                shown = time.monotonic()
+                yield event
+            if assembler.failure() is not None:
+                return  # the error is the answer; the held text is not
+            if assembler.suspended or assembler.finish_reason == "length" or lease.worker.in_turn:
+                if held:
+                    self._first_token(started)
+                    yield TextDelta("".join(held))
+                return
+            verdict = structured.check(output, assembler.text)
+            if verdict.problem is None:
+                attempts.checked = verdict.text
+                self._first_token(started)
+                yield TextDelta(verdict.text)
+                return
+            log.info("structured_output_invalid", attempt=attempt + 1, problem=verdict.problem[:200])
+            if attempt == settings.structured_output_retries:
+                tries = f"{attempt + 1} attempts" if attempt else "1 attempt"
+                raise errors.InvalidStructuredOutput(
+                    f"The model's answer did not match the response format after {tries}: {verdict.problem}"
+                )
+            cost = lease.worker.turn_cost if assembler.result is not None else 0.0
+            attempts.again(reply.Assembler(streaming=self.request.stream, cli_path=self.core.cli.path), cost)
+            line = prompt.user_line([{"type": "text", "text": structured.correction(output, verdict.problem)}])
+            lines, results = [line], None
 
     async def _drive(
-        self, lease: Lease, turn: prompt.Turn, watchdog: Watchdog, assembler: reply.Assembler, started: float
+        self,
+        lease: Lease,
+        turn: prompt.Turn,
+        watchdog: Watchdog,
+        assembler: reply.Assembler,
+        started: float,
+        *,
+        lines: list[prompt.Line] | None = None,
+        results: dict[str, str] | None = None,
     ) -> AsyncGenerator[TextDelta | ReasoningDelta | ToolCallEvent | Keepalive, None]:
-        """The turn's events as neutral ones, until it ends, fails, or waits for the client's tool results."""
+        """The turn's events as neutral ones, until it ends, fails, or waits for the client's tool results. `lines`
+        (and `results`) in place of the turn's own: a structured answer asked for again."""
         core, request = self.core, self.request
         await lease.apply(turn.options, turn.toolset)
         tick = core.settings.keepalive_interval if request.stream else None
         interrupted = False
-        events = lease.turn(turn.lines, watchdog, tick=tick, results=turn.results)
+        if lines is None:
+            lines, results = turn.lines, turn.results
+        events = lease.turn(lines, watchdog, tick=tick, results=results)
         async with contextlib.aclosing(events):
             async for event in events:
                 if event is None:  # silence (only asked for when streaming)
@@ -229,7 +345,8 @@ class Turn:
                     self._first_token(started)
                     yield ReasoningDelta(assembler.thinking_delta)
                 if text:
-                    self._first_token(started)
+                    if request.output_schema is None:  # a structured answer's text goes out once checked
+                        self._first_token(started)
                     yield TextDelta(text)
                 elif isinstance(event, ToolCall) and event.refusal is None:
                     self._first_token(started)
@@ -258,13 +375,14 @@ class Turn:
     def _alert_timeout(self, message: str) -> None:
         self.core.bus.announce(Alert("timeout", f"{self.caller.key.name} · {self.request.model}: {message}"))
 
-    def _account(self, assembler: reply.Assembler, family: str, lease: Lease) -> None:
-        """Record what the answer used, and let the breaker read the turn's rate-limit state."""
+    def _account(self, attempts: Attempts, family: str, lease: Lease) -> None:
+        """Record what the answer used (every attempt), and let the breaker read each CLI turn's rate-limit state."""
         core = self.core
-        core.breaker.observe(family, assembler.rate_limit, assembler.result)
-        _note_login(core.cli, assembler.result)
-        usage = assembler.usage()
-        cost = lease.worker.turn_cost if assembler.result is not None else 0.0
+        for assembler in attempts.all:
+            core.breaker.observe(family, assembler.rate_limit, assembler.result)
+        _note_login(core.cli, attempts.current.result)
+        usage = attempts.usage()
+        cost = attempts.earlier_cost + (lease.worker.turn_cost if attempts.current.result is not None else 0.0)
         if not (usage.total_tokens or cost):
             return
         key, model = self.caller.key.name, self.request.model

@@ -94,6 +94,16 @@ class Usage(Struct):
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
+class OutputSchema(Struct, frozen=True, kw_only=True):
+    """Structured output, whatever protocol asked for it: the answer's text must be JSON that validates against
+    `schema` (a checked JSON Schema; `{"type": "object"}` for `json_object`, any JSON object)."""
+
+    kind: Literal["json_schema", "json_object"]
+    schema: dict[str, Any]
+    name: str | None = None  # the schema's name, as the client gave it (shown to the model)
+    description: str | None = None
+
+
 class TurnRequest(Struct, kw_only=True):
     """One turn as the core runs it, whatever protocol asked for it. Error `param`s name the client's fields: the
     wire says how its output limit was spelled (`limit_params`)."""
@@ -109,7 +119,7 @@ class TurnRequest(Struct, kw_only=True):
     limit_params: tuple[tuple[str, int], ...] = ()
     choices: int | None = None  # how many answers were asked for (chat's `n`); only one can be given
     effort: Effort | None = None
-    output_schema: dict[str, Any] | None = None  # structured outputs: not honoured yet (a placeholder)
+    output_schema: OutputSchema | None = None  # structured outputs: the answer is checked JSON (`turns.structured`)
     # Conversation hints, strongest first after the X-Session-Id header.
     conversation_id: str | None = None
     prompt_cache_key: str | None = None

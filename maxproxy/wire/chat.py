@@ -15,12 +15,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from maxproxy import errors
+from maxproxy.turns import structured
 from maxproxy.turns.core import Event, Outcome, ReasoningDelta, TextDelta, ToolCallEvent
 from maxproxy.turns.messages import (
     AssistantMessage,
     Effort,
     FunctionCall,
     Message,
+    OutputSchema,
     ToolCall,
     TurnRequest,
     Usage,
@@ -55,8 +58,9 @@ class ChatRequest(Struct, kw_only=True):
     logprobs: bool | UnsetType | None = UNSET
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | UnsetType | None = UNSET
     seed: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | UnsetType | None = UNSET
-    response_format: dict[str, Any] | UnsetType | None = UNSET
     service_tier: str | UnsetType | None = UNSET
+    # Honoured: structured outputs (`output_schema`; checked JSON answers).
+    response_format: dict[str, Any] | None = None
     # Honoured: the client's tools (checked in `tools.toolset`).
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -104,7 +108,6 @@ IGNORED_FIELDS = (
     "logprobs",
     "top_logprobs",
     "seed",
-    "response_format",
     "service_tier",
 )
 
@@ -141,9 +144,30 @@ def to_turn(chat: ChatRequest) -> TurnRequest:
         ),
         choices=chat.n,
         effort=chat.reasoning_effort,
+        output_schema=output_schema(chat.response_format),
         conversation_id=conversation_id if isinstance(conversation_id, str) else None,
         prompt_cache_key=chat.prompt_cache_key,
         user=chat.user,
+    )
+
+
+def output_schema(response_format: dict[str, Any] | None) -> OutputSchema | None:
+    """`response_format` as the neutral structured output (None for `text`), or a 400 naming the field."""
+    kind = (response_format or {}).get("type")
+    if response_format is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return structured.JSON_OBJECT
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict):
+            raise errors.InvalidRequest(
+                "response_format.json_schema must be an object with name and schema",
+                param="response_format.json_schema",
+            )
+        return structured.json_schema(spec, "response_format.json_schema")
+    raise errors.InvalidRequest(
+        f"response_format.type must be text, json_object or json_schema, not {kind!r}", param="response_format.type"
     )
 
 

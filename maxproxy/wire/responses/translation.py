@@ -1,6 +1,6 @@
 """The Responses request in chat's terms (`to_chat`): input items become chat's message Structs, function and
-namespace tools chat-shaped tools, `text.format` chat's `response_format`; what the response object echoes, what was
-ignored, and where each chat message came from (so a 400 raised on the neutral turn names the Responses field).
+namespace tools chat-shaped tools, `text.format` the neutral structured output; what the response object echoes,
+what was ignored, and where each chat message came from (so a 400 raised on the neutral turn names the Responses field).
 
 Call ids: maxproxy issues `call` + letters and digits (`tools.call_id`). Outputs are paired with the calls *in the
 input the client sent*, by the id as sent, so a client that rewrites ids (OpenClaw turns `call000007` into
@@ -18,6 +18,7 @@ from typing import Any
 from msgspec import Struct
 
 from maxproxy import errors, tools
+from maxproxy.turns import structured
 from maxproxy.turns.messages import (
     AssistantMessage,
     DeveloperMessage,
@@ -26,6 +27,7 @@ from maxproxy.turns.messages import (
     ImagePart,
     ImageURL,
     Message,
+    OutputSchema,
     SystemMessage,
     TextPart,
     ToolCall,
@@ -60,7 +62,7 @@ class Translated(Struct, kw_only=True):
     parallel_tool_calls: bool | None
     max_output_tokens: int | None
     effort: Effort | None  # as chat's `reasoning_effort`
-    response_format: dict[str, Any] | None  # as chat's `response_format` (None for plain text)
+    output_schema: OutputSchema | None  # `text.format` as structured output (None for plain text)
     summary: bool  # whether the client asked for reasoning summaries
     ignored: list[str]  # for `x-maxproxy-ignored-params`
     # Conversation hints: the store and the session picker read these.
@@ -125,7 +127,7 @@ def to_turn(request: ResponsesRequest, translated: Translated) -> TurnRequest:
         max_output_tokens=limit,
         limit_params=(("max_output_tokens", limit),) if limit is not None else (),
         effort=translated.effort,
-        output_schema=translated.response_format,
+        output_schema=translated.output_schema,
         conversation_id=hint if isinstance(hint := (translated.metadata or {}).get("conversation_id"), str) else None,
         prompt_cache_key=translated.prompt_cache_key,
         user=translated.user,
@@ -207,7 +209,7 @@ def to_chat(request: ResponsesRequest, *, restore_ids: bool = True) -> Translate
             continue  # an earlier answer's thinking: its encrypted content is not ours to read
         elif kind == "item_reference":
             raise errors.InvalidRequest(
-                "item_reference needs a stored response; not supported yet (send the item itself)",
+                "item_reference names a stored item: resolve it first (api.stored_responses) or send the item",
                 param=f"{where}.id",
             )
         elif kind is None:
@@ -249,7 +251,7 @@ def to_chat(request: ResponsesRequest, *, restore_ids: bool = True) -> Translate
         parallel_tool_calls=request.parallel_tool_calls,
         max_output_tokens=request.max_output_tokens,
         effort=reasoning.effort,
-        response_format=text_format,
+        output_schema=text_format,
         summary=reasoning.summary is not None,
         ignored=ignored,
         store=request.store is not False,
@@ -401,25 +403,14 @@ def _tool_choice(value: str | dict[str, Any] | None) -> str | dict[str, Any] | N
     )
 
 
-def _text_format(text: TextConfig | None) -> dict[str, Any] | None:
+def _text_format(text: TextConfig | None) -> OutputSchema | None:
     fmt = text.format if text is not None else None
     if fmt is None or fmt.get("type") == "text":
         return None
     if fmt.get("type") == "json_object":
-        return {"type": "json_object"}
+        return structured.JSON_OBJECT
     if fmt.get("type") == "json_schema":
-        name, schema = fmt.get("name"), fmt.get("schema")
-        if not isinstance(name, str) or not tools.NAME.fullmatch(name):
-            raise errors.InvalidRequest(
-                "text.format.name must be 1-64 letters, digits, '_' or '-'", param="text.format.name"
-            )
-        if not isinstance(schema, dict):
-            raise errors.InvalidRequest("text.format.schema must be a JSON Schema object", param="text.format.schema")
-        json_schema: dict[str, Any] = {"name": name, "schema": schema}
-        for key in ("strict", "description"):
-            if fmt.get(key) is not None:
-                json_schema[key] = fmt[key]
-        return {"type": "json_schema", "json_schema": json_schema}
+        return structured.json_schema(fmt, "text.format")
     raise errors.InvalidRequest(
         f"text.format.type must be text, json_object or json_schema, not {fmt.get('type')!r}",
         param="text.format.type",
