@@ -7,12 +7,14 @@ import asyncio
 import itertools
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 from maxproxy.pool import Pool
 from maxproxy.state import POOL, SESSIONS
 from openai.types.chat import ChatCompletionMessageParam
@@ -285,3 +287,72 @@ async def test_a_session_in_use_is_never_resumed_by_a_second_process(proxy: Prox
         ("assistant", "Hello from fake upstream!"),
         ("user", "second"),
     ]
+
+
+@pytest.mark.parametrize("protocol", ["chat", "responses"])
+async def test_a_follow_up_sent_the_moment_a_stream_ends_continues(
+    proxy: Proxy, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, protocol: str
+) -> None:
+    """Real clients send the next turn as soon as they read the stream's end; a slow disk must not make that turn
+    start over (a replay costs the whole history again). The stream ends only once the turn is recorded."""
+    store = proxy.app[SESSIONS].store
+    save = store.save
+
+    async def slow_save(conversation: Any) -> None:
+        await asyncio.sleep(0.3)  # a slow disk (the fault), not a wait in the test
+        await save(conversation)
+
+    monkeypatch.setattr(store, "save", slow_save)
+    upstream.push(Reply.text("Noted, Alice."), Reply.text("You are Alice."))
+    history: list[Any] = [{"role": "user", "content": "My name is Alice"}]
+    sessions = []
+    for question in (None, "What is my name?"):
+        if question is not None:
+            history.append({"role": "user", "content": question})
+        if protocol == "chat":
+            raw = await proxy.openai.chat.completions.with_raw_response.create(
+                model="claude-sonnet-4", messages=history, stream=True
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+        else:  # as Codex and OpenClaw do: the whole input each time, not stored
+            raw = await proxy.openai.responses.with_raw_response.create(
+                model="claude-sonnet-4", input=history, stream=True, store=False
+            )
+            text = ""
+            async for event in raw.parse():  # Codex goes on at `response.completed`, without waiting for the EOF
+                if event.type == "response.output_text.delta":
+                    text += event.delta
+                if event.type == "response.completed":
+                    break
+        sessions.append(raw.headers["x-session-id"])
+        history.append({"role": "assistant", "content": text})
+    assert sessions[0] == sessions[1]  # the same conversation, not a new one
+    [held] = pool_of(proxy)._held.values()
+    await wait_for(lambda: pool_of(proxy).busy == 0)
+    assert held.lines_written == 1  # only the new question went to the CLI
+
+
+async def test_a_turn_being_recorded_at_shutdown_is_recorded(
+    cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stops (its handlers cancelled) while a finished turn is being written: the store waits for it."""
+    proxy = await start_proxy(shutdown_timeout=0.1)
+    store = proxy.app[SESSIONS].store
+    save, saving = store.save, asyncio.Event()
+
+    async def slow_save(conversation: Any) -> None:
+        saving.set()
+        await asyncio.sleep(1.0)  # a slow disk (the fault)
+        await save(conversation)
+
+    monkeypatch.setattr(store, "save", slow_save)
+    body = {"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "remember me"}], "stream": True}
+    async with proxy.http.post(f"{proxy.url}{CHAT}", json=body) as response:
+        assert response.status == 200
+        await saving.wait()
+    await proxy.server.close()  # the handler is cancelled after 0.1 s; the record is still being written
+    database = sqlite3.connect(proxy.settings.state_path / "sessions.sqlite3")
+    try:
+        assert database.execute("SELECT turns FROM conversations").fetchall() == [(1,)]
+    finally:
+        database.close()
