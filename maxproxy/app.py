@@ -126,6 +126,7 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     sessions = app[SESSIONS] = Sessions(app[SETTINGS], app[STORE], app[POOL])
     async with _running(sessions.run_sweeps(), "session-sweeps"):
         yield
+    await sessions.drain()  # a turn still being recorded finishes before the store closes
 
 
 async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -89,6 +89,7 @@ class Sessions:
         self._running: set[str] = set()  # conversations with a turn under way
         self._deleted: set[str] = set()  # deleted while a turn of theirs ran: that turn must not record them again
         self._waiting: dict[str, _Waiting] = {}  # by conversation id; no more than the workers that wait
+        self._settling: set[asyncio.Task[None]] = set()  # turns being recorded
 
     # --- one turn at a time ----------------------------------------------------------------------------------------
 
@@ -188,7 +189,20 @@ class Sessions:
 
     async def settle(self, plan: Plan, lease: Lease, answer: AssistantMessage | None) -> None:
         """After the turn: record it if it ended normally (`answer`); otherwise the CLI session holds a prompt the
-        conversation does not, so the conversation must not be resumed from it."""
+        conversation does not, so the conversation must not be resumed from it. The record is written by a task
+        `Sessions` owns: a request cancelled meanwhile does not cut it short, and `drain` waits for it before the
+        store closes."""
+        task = asyncio.create_task(self._settle(plan, lease, answer), name=f"settle-{plan.record.public_id}")
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        await asyncio.shield(task)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait (bounded) for the turns being recorded, before the store closes."""
+        if self._settling:
+            await asyncio.wait(set(self._settling), timeout=timeout)
+
+    async def _settle(self, plan: Plan, lease: Lease, answer: AssistantMessage | None) -> None:
         try:
             if answer is not None:
                 await self.commit(plan, lease, answer)

@@ -13,7 +13,6 @@ to the end (`contextlib.aclosing`); a consumer that stops early (its client went
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Mapping
@@ -254,8 +253,8 @@ class Turn:
                 ended = self._ended_normally(lease, attempts.current)
             finally:
                 answer = attempts.message() if ended else None
-                await asyncio.shield(core.sessions.settle(plan, lease, answer))
-                self._account(attempts, turn.family, lease)
+                self._account(attempts, turn.family, lease)  # first: a cancelled request is still accounted for
+                await core.sessions.settle(plan, lease, answer)
 
     async def _answer(
         self, lease: Lease, turn: prompt.Turn, watchdog: Watchdog, attempts: Attempts, started: float
