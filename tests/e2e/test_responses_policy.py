@@ -20,6 +20,7 @@ PROTOCOLS = ["chat", "responses"]
 async def ask(
     proxy: Proxy, protocol: str, key: str = "x", *, model: str = MODEL, stream: bool = False
 ) -> tuple[int, dict[str, str], Any]:
+    body: dict[str, Any]  # a chat body or a Responses one
     if protocol == "chat":
         path, body = "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}
     else:

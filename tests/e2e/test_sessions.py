@@ -310,21 +310,24 @@ async def test_a_follow_up_sent_the_moment_a_stream_ends_continues(
         if question is not None:
             history.append({"role": "user", "content": question})
         if protocol == "chat":
-            raw = await proxy.openai.chat.completions.with_raw_response.create(
+            chat_raw = await proxy.openai.chat.completions.with_raw_response.create(
                 model="claude-sonnet-4", messages=history, stream=True
             )
-            text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+            text = "".join([c.choices[0].delta.content or "" async for c in chat_raw.parse() if c.choices])
+            headers = chat_raw.headers
         else:  # as Codex and OpenClaw do: the whole input each time, not stored
-            raw = await proxy.openai.responses.with_raw_response.create(
+            responses_raw = await proxy.openai.responses.with_raw_response.create(
                 model="claude-sonnet-4", input=history, stream=True, store=False
             )
             text = ""
-            async for event in raw.parse():  # Codex goes on at `response.completed`, without waiting for the EOF
+            # Codex goes on at `response.completed`, without waiting for the EOF
+            async for event in responses_raw.parse():
                 if event.type == "response.output_text.delta":
                     text += event.delta
                 if event.type == "response.completed":
                     break
-        sessions.append(raw.headers["x-session-id"])
+            headers = responses_raw.headers
+        sessions.append(headers["x-session-id"])
         history.append({"role": "assistant", "content": text})
     assert sessions[0] == sessions[1]  # the same conversation, not a new one
     [held] = pool_of(proxy)._held.values()

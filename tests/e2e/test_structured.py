@@ -7,9 +7,13 @@ goes on from the JSON the client got."""
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageFunctionToolCallParam as ToolCallParam
+from openai.types.chat import ChatCompletionMessageParam
+from openai.types.shared_params.response_format_json_schema import JSONSchema
 from pydantic import BaseModel
 
 from tests.conftest import Proxy, ProxyFactory
@@ -145,27 +149,29 @@ async def test_responses_parse_and_stream(proxy: Proxy, upstream: FakeUpstream) 
         ({"type": "yaml"}, "type"),
     ],
 )
-async def test_chat_bad_formats(proxy: Proxy, response_format: dict[str, object], param: str) -> None:
+async def test_chat_bad_formats(proxy: Proxy, response_format: Any, param: str) -> None:
+    # `Any`: each format is malformed on purpose, so none fits the SDK's `response_format` type.
     with pytest.raises(openai.BadRequestError) as caught:
         await proxy.openai.chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": "x"}],
-            response_format=response_format,  # type: ignore[arg-type]
+            response_format=response_format,
         )
     assert caught.value.param == f"response_format.{param}"
 
 
 async def test_responses_bad_schema(proxy: Proxy) -> None:
-    bad = {"type": "json_schema", "name": "P", "schema": {"properties": {"a": {"minimum": "zero"}}}}
+    # `Any`: an invalid schema on purpose (`minimum` must be a number).
+    bad: Any = {"type": "json_schema", "name": "P", "schema": {"properties": {"a": {"minimum": "zero"}}}}
     with pytest.raises(openai.BadRequestError) as caught:
-        await proxy.openai.responses.create(model=MODEL, input="x", text={"format": bad})  # type: ignore[typeddict-item]
+        await proxy.openai.responses.create(model=MODEL, input="x", text={"format": bad})
     assert caught.value.param == "text.format.schema"
     assert "not a valid JSON Schema" in caught.value.message
 
 
 async def test_the_conversation_goes_on_from_the_json(proxy: Proxy, upstream: FakeUpstream) -> None:
     upstream.push(Reply.text("Sure! Ada."), Reply.text(f"```json\n{ADA}\n```"), Reply.text("She was 36."))
-    history: list[dict[str, str]] = [{"role": "user", "content": "Ada?"}]
+    history: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Ada?"}]
     first = await proxy.openai.chat.completions.with_raw_response.create(
         model=MODEL, messages=history, response_format={"type": "json_schema", "json_schema": SCHEMA}
     )
@@ -199,29 +205,29 @@ async def test_tool_calls_go_to_the_client(proxy: Proxy, upstream: FakeUpstream)
             },
         }
     ]
-    messages: list[dict[str, object]] = [{"role": "user", "content": "Ada?"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Ada?"}]
     first = await proxy.openai.chat.completions.parse(
         model=MODEL,
         messages=messages,
         tools=tools,
-        response_format=Person,  # type: ignore[arg-type]
+        response_format=Person,
     )
     [call] = first.choices[0].message.tool_calls or []
     assert first.choices[0].finish_reason == "tool_calls"
     messages += [
-        {"role": "assistant", "tool_calls": [call.model_dump(include={"id", "type", "function"})]},
+        {"role": "assistant", "tool_calls": [cast(ToolCallParam, call.model_dump(include={"id", "type", "function"}))]},
         {"role": "tool", "tool_call_id": call.id, "content": "Ada Lovelace, born 1815, died at 36"},
     ]
     second = await proxy.openai.chat.completions.parse(
         model=MODEL,
         messages=messages,
         tools=tools,
-        response_format=Person,  # type: ignore[arg-type]
+        response_format=Person,
     )
     assert second.choices[0].message.parsed == Person(name="Ada", age=36)
 
 
-SCHEMA = {"name": "Person", "schema": Person.model_json_schema(), "strict": True}
+SCHEMA: JSONSchema = {"name": "Person", "schema": Person.model_json_schema(), "strict": True}
 
 
 async def test_a_stream_kept_alive_then_failed(
