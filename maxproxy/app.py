@@ -1,7 +1,7 @@
 """`create_app(settings)`: the aiohttp application — routes, middlewares, and one cleanup context per resource
-(the keys file watch, the Telegram notifier, the CLI probe, the worker pool, the store, conversations with their
-sweeps, usage). Nothing
-happens at import time; a keys file that cannot be used stops `create_app` with `KeysError`.
+(the keys file watch, the Telegram notifier, the CLI probe, the model catalogue, the worker pool, the store,
+conversations with their sweeps, usage). Nothing happens at import time; a keys file that cannot be used stops
+`create_app` with `KeysError`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from maxproxy.api.middleware import auth_middleware, context_middleware, origin_
 from maxproxy.api.routes import routes
 from maxproxy.breaker import Breaker
 from maxproxy.bus import Alert, Bus
+from maxproxy.catalog import Catalog
 from maxproxy.claude.probe import CliStatus, probe
 from maxproxy.errors import error_middleware
 from maxproxy.keys import Keyring
@@ -37,6 +38,7 @@ from maxproxy.state import (
     KEYS,
     LEDGER,
     METRICS,
+    MODELS,
     NOTIFIER,
     POOL,
     QUOTAS,
@@ -73,6 +75,22 @@ async def _cli_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _models_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The CLI's model list (from the probe) joins the configured names; without it the configured table serves."""
+    catalog, cli = app[MODELS], app[CLI]
+    if cli.models:
+        catalog.learn(cli.models)
+        app[METRICS].models.update(catalog)  # their requests get their own metric labels
+        log.info("models_from_cli", served=len(catalog), cli=[m.value for m in cli.models])
+    else:
+        log.warning("models_configured_only", reason=cli.error or cli.models_error, served=len(catalog))
+    # Names the settings or the keys file may give before the CLI is asked, which it turned out not to list.
+    named = {*app[SETTINGS].warm_models, *(m for key in app[KEYS].keys for m in key.models or ())}
+    if unserved := sorted(name for name in named if name not in catalog):
+        log.warning("models_not_served", models=unserved)
+    yield
+
+
 @contextlib.asynccontextmanager
 async def _running(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
     """A background task owned by its resource's context: cancelled and awaited when the context ends."""
@@ -104,7 +122,7 @@ async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    pool = app[POOL] = Pool(app[SETTINGS], app[BUS])
+    pool = app[POOL] = Pool(app[SETTINGS], app[BUS], app[MODELS])
     metrics = app[METRICS]
     pool.on_wait = lambda family, seconds: metrics.queue_wait.labels(family).observe(seconds)
     metrics.watch(pool, app[BREAKER])
@@ -123,7 +141,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
-    sessions = app[SESSIONS] = Sessions(app[SETTINGS], app[STORE], app[POOL])
+    sessions = app[SESSIONS] = Sessions(app[SETTINGS], app[STORE], app[POOL], app[MODELS])
     async with _running(sessions.run_sweeps(), "session-sweeps"):
         yield
     await sessions.drain()  # a turn still being recorded finishes before the store closes
@@ -156,6 +174,9 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[METRICS] = Metrics(set(settings.model_table))
     app[CLI] = CliStatus(path=settings.cli_path, error="starting")
-    app.cleanup_ctx.extend([_keys_ctx, _notifier_ctx, _cli_ctx, _pool_ctx, _store_ctx, _sessions_ctx, _usage_ctx])
+    app[MODELS] = Catalog(settings)
+    app.cleanup_ctx.extend(
+        [_keys_ctx, _notifier_ctx, _cli_ctx, _models_ctx, _pool_ctx, _store_ctx, _sessions_ctx, _usage_ctx]
+    )
     app.add_routes(routes)
     return app

@@ -22,6 +22,7 @@ from maxproxy.turns.messages import (
     AssistantMessage,
     Content,
     DeveloperMessage,
+    DocumentPart,
     ImagePart,
     Message,
     SystemMessage,
@@ -71,6 +72,8 @@ def _content(content: Content | None) -> list[Part]:
         if isinstance(part, ImagePart):
             url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
             parts.append(("image", hashlib.sha256(url.encode()).hexdigest()))
+        elif isinstance(part, DocumentPart):
+            parts.append(("document", hashlib.sha256(part.data.encode()).hexdigest()))
         elif part.text:
             parts.append(("text", part.text))
     return parts

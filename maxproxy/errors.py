@@ -1,7 +1,9 @@
 """The exception tree: every error maxproxy answers with is a `ProxyError` carrying its HTTP status, the OpenAI
 error `type`, a `code` and, where a request field is at fault, a `param`. One middleware renders them all as
-`{"error": {"message", "type", "param", "code"}}`; aiohttp's own HTTP errors (404, 405, 413) are converted to the same
-shape, and anything unexpected becomes a 500 without a traceback in the body (the traceback goes to the log).
+`{"error": {"message", "type", "param", "code"}}` — or, for the Messages API's paths (`shape_of`), Anthropic's
+`{"type": "error", "error": {"type", "message"}}` with Anthropic's type for the status; aiohttp's own HTTP errors (404,
+405, 413) are converted the same way, and anything unexpected becomes a 500 without a traceback in the body (the
+traceback goes to the log).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 import structlog
@@ -51,10 +54,40 @@ class ProxyError(Exception):
             {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         )
 
-    def response(self) -> web.Response:
-        return web.Response(
-            body=self.body(), status=self.status, content_type="application/json", headers=self.headers()
-        )
+    @property
+    def anthropic_type(self) -> str:
+        """The error's type in Anthropic's set, from its status (what the Anthropic SDKs and Claude Code read)."""
+        return _ANTHROPIC_TYPES.get(self.status) or ("api_error" if self.status >= 500 else "invalid_request_error")
+
+    def anthropic_body(self) -> bytes:
+        return _encoder.encode({"type": "error", "error": {"type": self.anthropic_type, "message": self.message}})
+
+    def response(self, shape: Shape = "openai") -> web.Response:
+        body = self.anthropic_body() if shape == "anthropic" else self.body()
+        return web.Response(body=body, status=self.status, content_type="application/json", headers=self.headers())
+
+
+Shape = Literal["openai", "anthropic"]  # whose error body a request gets
+# Anthropic's error types by status (503 and 504 are its `api_error`; its own 529 is `overloaded_error`).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+ANTHROPIC_PATH = "/v1/messages"
+
+
+def shape_of(request: web.BaseRequest) -> Shape:
+    """Anthropic's error shape for the Messages API (`/v1/messages` and everything under it), and for the model list
+    when an Anthropic SDK asks (it sends `anthropic-version`); else OpenAI's."""
+    path = request.path
+    if path == "/v1/models" or path.startswith("/v1/models/"):
+        return "anthropic" if "anthropic-version" in request.headers else "openai"
+    return "anthropic" if path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/") else "openai"
 
 
 # --- the client's fault (4xx) -------------------------------------------------------------------------------------
@@ -219,16 +252,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    shape = shape_of(request)
     try:
         return await handler(request)
     except ProxyError as exc:
-        return exc.response()
+        return exc.response(shape)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return from_http_exception(exc).response()
+        return from_http_exception(exc).response(shape)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled_error", path=request.path)
-        return ProxyError("Internal error; see the server log").response()
+        return ProxyError("Internal error; see the server log").response(shape)

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import re
 import tomllib
+from collections.abc import Container
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +21,7 @@ import msgspec
 import structlog
 from msgspec import Meta
 
-from maxproxy.settings import Settings
+from maxproxy.settings import Settings, servable
 
 log = structlog.get_logger("maxproxy.keys")
 
@@ -68,7 +69,7 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def read(path: Path, models: set[str]) -> tuple[Key, ...]:
+def read(path: Path, models: Container[str]) -> tuple[Key, ...]:
     """The keys of a keys file, checked."""
     try:
         raw = tomllib.loads(path.read_text())
@@ -91,7 +92,7 @@ def read(path: Path, models: set[str]) -> tuple[Key, ...]:
             raise KeysError(f"{where}: `key` is shorter than 8 characters")
         if entry.key_sha256 is not None and not _HEX.fullmatch(entry.key_sha256.lower()):
             raise KeysError(f"{where}: `key_sha256` is not 64 hex digits")
-        unknown = sorted(set(entry.models or []) - models)
+        unknown = sorted(m for m in entry.models or [] if not servable(m, models))
         if unknown:
             raise KeysError(f"{where}: unknown model {unknown[0]!r} in `models` (see GET /v1/models)")
         keys.append(
@@ -135,7 +136,7 @@ class Keyring:
         self._stamp: tuple[int, int] | None = None
         self.keys: tuple[Key, ...] = self._plain
         if self.path is not None:
-            self.keys = _merge(self._plain, read(self.path, set(settings.model_table)), self.path)  # or no start
+            self.keys = _merge(self._plain, read(self.path, settings.model_table), self.path)  # or no start
             self._stamp = self._stat()
         if not settings.loopback and not self.keys:
             raise KeysError(f"refusing to listen on {settings.host}: the keys file {self.path} has no keys")
@@ -159,7 +160,7 @@ class Keyring:
             return False
         self._stamp = self._stat()
         try:
-            keys = _merge(self._plain, read(self.path, set(self.settings.model_table)), self.path)
+            keys = _merge(self._plain, read(self.path, self.settings.model_table), self.path)
         except KeysError as exc:
             log.error("keys_reload_failed", error=str(exc))
             return False

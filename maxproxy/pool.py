@@ -28,7 +28,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from maxproxy.bus import Alert, Bus, TurnEnd, TurnRef
 from maxproxy.claude.command import Launch, Options
 from maxproxy.claude.events import TurnEvent
 from maxproxy.claude.worker import CONTROL_TIMEOUT, Watchdog, Worker
-from maxproxy.settings import Settings
+from maxproxy.settings import Model, Settings
 
 log = structlog.get_logger("maxproxy.pool")
 
@@ -109,8 +109,9 @@ class _Start:
 
 
 class Pool:
-    def __init__(self, settings: Settings, bus: Bus | None = None) -> None:
+    def __init__(self, settings: Settings, bus: Bus | None = None, models: Mapping[str, Model] | None = None) -> None:
         self.settings = settings
+        self.models = models if models is not None else settings.model_table  # the served table (`catalog`)
         self.bus = bus or Bus()
         self._live: set[Worker] = set()  # processes counted against max_workers: idle, lent, being taken back
         self._idle: dict[Launch, list[Worker]] = {}
@@ -187,8 +188,9 @@ class Pool:
         return len(self._live) + len(self._starting) + len(self._stopping)
 
     def _warm_launches(self) -> list[Launch]:
-        table = self.settings.model_table
-        return [Launch(model=table[name].cli) for name in dict.fromkeys(self.settings.warm_models)]
+        # A warm model the CLI did not list after all is not served, so nobody would use its workers: skip it.
+        table = self.models
+        return [Launch(model=table[name].cli) for name in dict.fromkeys(self.settings.warm_models) if name in table]
 
     # --- life cycle ----------------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ and every call must be answered, as OpenAI requires.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +28,13 @@ import msgspec
 
 from maxproxy import errors, tools
 from maxproxy.claude.command import Launch, Options
-from maxproxy.settings import Settings
+from maxproxy.settings import Model, Settings
 from maxproxy.turns import structured
 from maxproxy.turns.messages import (
     AssistantMessage,
     Content,
     DeveloperMessage,
+    DocumentPart,
     ImagePart,
     InputTextPart,
     SystemMessage,
@@ -72,9 +74,12 @@ class Turn:
     results: dict[str, str] | None = None  # tool results for the waiting turn this request goes on with, by call id
 
 
-def build(request: TurnRequest, settings: Settings, *, start: int = 0) -> Turn:
-    """The turn for `request`; with `start`, only messages[start:] (a continuation: the CLI holds the rest)."""
-    model = settings.model_table.get(request.model)
+def build(
+    request: TurnRequest, settings: Settings, *, start: int = 0, models: Mapping[str, Model] | None = None
+) -> Turn:
+    """The turn for `request`; with `start`, only messages[start:] (a continuation: the CLI holds the rest). `models`
+    is the served model table (the app's `catalog.Catalog`); None: the configured one (tests that need no CLI)."""
+    model = (settings.model_table if models is None else models).get(request.model)
     if model is None:
         raise errors.ModelNotFound(
             f"The model {request.model!r} does not exist; GET /v1/models lists the models maxproxy serves",
@@ -223,7 +228,7 @@ def _plain_text(content: Content, where: str) -> str:
         return content
     texts: list[str] = []
     for j, part in enumerate(content):
-        if isinstance(part, ImagePart):
+        if isinstance(part, ImagePart | DocumentPart):
             raise errors.InvalidRequest(f"{where} may contain text only", param=f"{where}.content[{j}]")
         texts.append(part.text)
     return "\n".join(texts)
@@ -237,6 +242,8 @@ def _blocks(content: Content, where: str) -> list[Block]:
         if isinstance(part, TextPart | InputTextPart):
             if part.text:
                 blocks.append({"type": "text", "text": part.text})
+        elif isinstance(part, DocumentPart):
+            blocks.append(_document(part))
         else:
             blocks.append(_image(part, f"{where}.content[{j}].image_url"))
     return blocks
@@ -262,6 +269,14 @@ def _image(part: ImagePart, where: str) -> Block:
     if any(c.isspace() for c in data[:256]) or any(c.isspace() for c in data[-256:]):
         data = "".join(data.split())
     return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+
+
+def _document(part: DocumentPart) -> Block:
+    kind = "text" if part.media_type == "text/plain" else "base64"  # the wire admits only these two
+    block: Block = {"type": "document", "source": {"type": kind, "media_type": part.media_type, "data": part.data}}
+    if part.title:
+        block["title"] = part.title
+    return block
 
 
 def _assistant_blocks(message: AssistantMessage, where: str, as_blocks: bool) -> list[Block]:

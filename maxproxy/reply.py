@@ -64,6 +64,8 @@ class Assembler:
         self._stream_usage: dict[str, tuple[CliUsage | None, int]] = {}
         self._thinking: dict[str, dict[int, str]] = {}  # api message id → block index → the model's thinking
         self.thinking_delta = ""  # thinking the last fed event added (the client sees it as reasoning)
+        self.signature_delta = ""  # the signature the last fed event gave the thinking block it ends
+        self._signatures: dict[str, dict[int, str]] = {}  # api message id → block index → its thinking's signature
         self._thought: dict[str, dict[int, str]] = {}  # the thinking the client was shown, per message and block
         self._thought_shown = False
         self._thought_replay = ""  # shown thinking a retry must repeat before more is shown
@@ -74,7 +76,7 @@ class Assembler:
     def feed(self, event: TurnEvent) -> str:
         """Take one event; return the text the client may see now ("" for none). Thinking it added, if any, is in
         `thinking_delta` until the next event."""
-        self.thinking_delta = ""
+        self.thinking_delta = self.signature_delta = ""
         if isinstance(event, StreamEvent):
             if event.parent_tool_use_id is None:  # a subagent's own stream is not the answer
                 return self._stream(event)
@@ -114,6 +116,9 @@ class Assembler:
             return self._text(message_id, event.index or 0, event.delta.text or "")
         elif kind == "content_block_delta" and event.delta is not None and event.delta.type == "thinking_delta":
             self.thinking_delta = self._think(message_id, event.index or 0, event.delta.thinking or "")
+        elif kind == "content_block_delta" and event.delta is not None and event.delta.type == "signature_delta":
+            self.signature_delta = event.delta.signature or ""
+            self._signatures.setdefault(message_id, {})[event.index or 0] = self.signature_delta
         elif kind == "message_delta":
             if event.delta is not None and event.delta.stop_reason == "max_tokens" and not self.stop_requested:
                 self._finish_reason = "length"
@@ -217,7 +222,7 @@ class Assembler:
         thought = self._thought.get(message_id, {})
         self._thought_replay = "".join(thought[i] for i in sorted(thought) if i >= from_index) + self._thought_replay
         self._thought_retrying = bool(self._thought_replay) or self._thought_retrying
-        for store in (self._thinking.get(message_id, {}), thought):
+        for store in (self._thinking.get(message_id, {}), thought, self._signatures.get(message_id, {})):
             for i in [i for i in store if i >= from_index]:
                 del store[i]
         blocks = self._messages.get(message_id, {})
@@ -245,6 +250,16 @@ class Assembler:
         texts = ("".join(blocks[i] for i in sorted(blocks)) for blocks in self._thinking.values())
         return MESSAGE_SEPARATOR.join(t for t in texts if t)
 
+    @property
+    def thoughts(self) -> list[tuple[str, str]]:
+        """The turn's thinking blocks as (thinking, signature), in order (the signature "" where none came)."""
+        return [
+            (blocks[i], self._signatures.get(message_id, {}).get(i, ""))
+            for message_id, blocks in self._thinking.items()
+            for i in sorted(blocks)
+            if blocks[i]
+        ]
+
     def failure(self) -> errors.ProxyError | None:
         """The error this turn must be answered with, if any (never its text as assistant content)."""
         if self.error is not None:
@@ -266,11 +281,13 @@ class Assembler:
                 (cli.input_tokens or 0) + (cli.cache_read_input_tokens or 0) + (cli.cache_creation_input_tokens or 0)
             )
             cached, completion = cli.cache_read_input_tokens or 0, cli.output_tokens or 0
+            created = cli.cache_creation_input_tokens or 0
         else:  # interrupted turns may report no usage; count what the stream showed
-            prompt = cached = completion = 0
+            prompt = cached = created = completion = 0
             for start, output in self._stream_usage.values():
                 if start is not None:
                     cached += start.cache_read_input_tokens or 0
+                    created += start.cache_creation_input_tokens or 0
                     prompt += (
                         (start.input_tokens or 0)
                         + (start.cache_read_input_tokens or 0)
@@ -281,7 +298,7 @@ class Assembler:
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=prompt + completion,
-            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached, cache_creation_tokens=created),
         )
 
 

@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from maxproxy import errors, prompt
 from maxproxy.claude.command import Launch
 from maxproxy.conversation import Identity, Split, canonical, chain
 from maxproxy.pool import Lease, Pool
-from maxproxy.settings import Settings
+from maxproxy.settings import Model, Settings
 from maxproxy.store import Conversation, ResponseStore, Store, new_conversation
 from maxproxy.turns.messages import AssistantMessage, DeveloperMessage, SystemMessage, ToolMessage, TurnRequest
 
@@ -79,8 +79,9 @@ def launch_key(launch: Launch) -> str:
 
 
 class Sessions:
-    def __init__(self, settings: Settings, store: Store, pool: Pool) -> None:
+    def __init__(self, settings: Settings, store: Store, pool: Pool, models: Mapping[str, Model] | None = None) -> None:
         self.settings = settings
+        self.models = models  # the served model table (None: the configured one)
         self.store = store
         self.responses = ResponseStore(store)  # the Responses API's stored responses: same database, same TTL
         self.pool = pool
@@ -153,7 +154,7 @@ class Sessions:
         if found is not None and not continuing and self.pool.waiting(found.id):
             self.pool.forget(found.id)  # its turn waits for results that will not come: free the worker
         if found is not None and continuing:
-            turn = prompt.build(chat, self.settings, start=parts.known)
+            turn = prompt.build(chat, self.settings, start=parts.known, models=self.models)
             resume = found.session_id if found.resumable else None
             return Plan(record=found, turn=turn, split=parts, continuing=True, resume=resume)
         record = found if found is not None and identity.name is not None else None

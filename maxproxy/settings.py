@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shutil
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,7 @@ Seconds = Annotated[float, Meta(gt=0)]
 NoticeKind = Literal["progress", "timeout", "crash_loop", "breaker", "lifecycle"]
 Count = Annotated[int, Meta(ge=0)]
 PermissionMode = Literal["default", "acceptEdits", "plan", "dontAsk", "auto", "bypassPermissions"]
+Family = Literal["opus", "sonnet", "haiku", "fable", "other"]
 
 
 class SettingsError(Exception):
@@ -35,13 +37,24 @@ class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One entry of the model table: the id clients send maps to what the CLI's `--model` gets."""
 
     cli: str  # alias (`sonnet`) or full model id, passed to `claude --model`
-    family: Literal["opus", "sonnet", "haiku", "other"] = "other"  # the per-family limits key (pool issue)
+    family: Family = "other"  # the per-family limits key (pool issue)
     created: int = 1747267200  # `created` in /v1/models; informational
     max_output_tokens: Annotated[int, Meta(ge=1)] = 64_000  # the most a request's `max_tokens` may ask for
+    display_name: str = ""  # `display_name` in Anthropic's model list ("" = the id)
 
 
-def _family(name: str) -> Literal["opus", "sonnet", "haiku", "other"]:
-    for family in ("opus", "sonnet", "haiku"):
+# Names the pinned CLI may list once it is asked (`catalog`): its aliases and `claude-<family>-<version>` ids. The
+# settings and keys file may name them before the CLI was probed; a name no one serves is still refused there.
+_CLI_NAME = re.compile(r"(?:default|best|opus|sonnet|haiku|fable|opusplan)(?:\[1m\])?|claude-[a-z]+(?:-\d+){1,3}")
+
+
+def servable(name: str, served: Container[str]) -> bool:
+    """`name` is served now (`served`) or is a name the CLI's own model list may add."""
+    return name in served or _CLI_NAME.fullmatch(name) is not None
+
+
+def family_of(name: str) -> Family:
+    for family in ("opus", "sonnet", "haiku", "fable"):
         if family in name:
             return family
     return "other"
@@ -52,10 +65,10 @@ def _family(name: str) -> Literal["opus", "sonnet", "haiku", "other"]:
 # entries.
 _OUTPUT_LIMITS = {"claude-opus-4-1-20250805": 32_000, "claude-opus-4-20250514": 32_000}  # Anthropic's model table
 DEFAULT_MODELS: dict[str, Model] = {
-    **{f"claude-{f}-4": Model(cli=f, family=_family(f)) for f in ("opus", "sonnet", "haiku")},
-    **{f: Model(cli=f, family=_family(f)) for f in ("opus", "sonnet", "haiku")},
+    **{f"claude-{f}-4": Model(cli=f, family=family_of(f)) for f in ("opus", "sonnet", "haiku")},
+    **{f: Model(cli=f, family=family_of(f)) for f in ("opus", "sonnet", "haiku")},
     **{
-        pinned: Model(cli=pinned, family=_family(pinned), max_output_tokens=_OUTPUT_LIMITS.get(pinned, 64_000))
+        pinned: Model(cli=pinned, family=family_of(pinned), max_output_tokens=_OUTPUT_LIMITS.get(pinned, 64_000))
         for pinned in (
             "claude-opus-4-5-20251101",
             "claude-opus-4-1-20250805",
@@ -295,7 +308,7 @@ def check(settings: Settings) -> None:
         raise SettingsError("invalid setting `cors_origins`: `*` is not allowed; list the origins")
     if not settings.telegram_api_base.startswith(("https://", "http://127.0.0.1", "http://localhost")):
         raise SettingsError("invalid setting `telegram_api_base`: use https:// (plain http only on loopback)")
-    unknown = [m for m in settings.warm_models if m not in settings.model_table]
+    unknown = [m for m in settings.warm_models if not servable(m, settings.model_table)]
     if unknown:
         raise SettingsError(f"invalid setting `warm_models`: unknown model {unknown[0]!r} (see GET /v1/models)")
 

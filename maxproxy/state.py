@@ -11,6 +11,7 @@ from aiohttp import web
 
 from maxproxy.breaker import Breaker
 from maxproxy.bus import Bus
+from maxproxy.catalog import Catalog
 from maxproxy.claude.probe import CliStatus
 from maxproxy.keys import Key, Keyring
 from maxproxy.metrics import Metrics
@@ -34,6 +35,7 @@ QUOTAS = web.AppKey("quotas", Quotas)
 BREAKER = web.AppKey("breaker", Breaker)
 METRICS = web.AppKey("metrics", Metrics)
 NOTIFIER = web.AppKey("notifier", Notifier)  # only when Telegram is configured
+MODELS = web.AppKey("models", Catalog)  # the served model table: configured, then the CLI's list (start-up)
 
 
 class Inflight:

@@ -238,3 +238,11 @@ def test_a_file_key_may_not_take_an_api_key_name(tmp_path: Path) -> None:
 def test_a_file_key_may_not_share_a_secret_with_an_api_key(tmp_path: Path) -> None:
     with pytest.raises(KeysError, match="same secret"):
         ring(tmp_path, '[keys.bot]\nkey = "same-secret"\nrpm = 1\n', api_keys=["same-secret"])
+
+
+def test_a_key_may_name_a_model_the_cli_lists_but_not_one_nobody_serves(tmp_path: Path) -> None:
+    # The keys file is read before the CLI is asked for its model list: its ids and aliases are accepted then.
+    [key] = read(write(tmp_path, '[keys.a]\nkey = "secret-one"\nmodels = ["claude-opus-5-5", "fable"]\n'), MODELS)
+    assert key.models == frozenset({"claude-opus-5-5", "fable"})
+    with pytest.raises(KeysError, match="gpt-4o"):
+        read(write(tmp_path, '[keys.a]\nkey = "secret-one"\nmodels = ["gpt-4o"]\n'), MODELS)

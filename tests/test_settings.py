@@ -60,6 +60,7 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ),
         ({"MAXPROXY_HOST": "0.0.0.0"}, "`host`"),
         ({"MAXPROXY_CORS_ORIGINS": "*"}, "`cors_origins`"),
+        ({"MAXPROXY_WARM_MODELS": "gpt-4o"}, "`warm_models`"),
     ],
 )
 def test_invalid_values_name_the_setting(env: dict[str, str], fragment: str, tmp_path: Path) -> None:
@@ -108,3 +109,9 @@ def test_command_line_stops_with_one_line_on_a_bad_setting(tmp_path: Path) -> No
     refused = run_cli("--host", "0.0.0.0", env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert refused.returncode == 2
     assert "without API keys" in refused.stderr
+
+
+def test_warm_models_may_name_what_the_cli_will_list(tmp_path: Path) -> None:
+    """Settings are read before the CLI is asked for its models: its ids and aliases pass the check."""
+    env = {"XDG_CONFIG_HOME": str(tmp_path), "MAXPROXY_WARM_MODELS": "claude-opus-5-5,fable"}
+    assert load(env=env).warm_models == ["claude-opus-5-5", "fable"]

@@ -21,7 +21,9 @@ from maxproxy.state import ACCESS, INFLIGHT, KEY, KEYS, METRICS, OWNER, SETTINGS
 log = structlog.get_logger("maxproxy.access")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-TURN_PATHS = frozenset({"/v1/chat/completions", "/v1/responses"})  # requests that run a turn: counted in metrics
+TURN_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/responses", "/v1/messages"}
+)  # requests that run a turn: counted in metrics
 OPEN_PATHS = frozenset({"/health"})  # liveness must work without a key (service managers, `doctor`)
 
 
@@ -40,6 +42,8 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = response.status
         if not response.prepared:
             response.headers["x-request-id"] = request_id
+            if errors.shape_of(request) == "anthropic":
+                response.headers["request-id"] = request_id  # where the Anthropic SDKs read it
         return response
     except (asyncio.CancelledError, ConnectionResetError):
         access.disconnected = True
@@ -64,7 +68,10 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
 def _cors_headers(origin: str) -> dict[str, str]:
     return {
         "Access-Control-Allow-Origin": origin,
-        "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-Id, X-Session-Id",
+        "Access-Control-Allow-Headers": (
+            "Authorization, Content-Type, X-Request-Id, X-Session-Id, X-Api-Key, Anthropic-Version, Anthropic-Beta, "
+            "Anthropic-Dangerous-Direct-Browser-Access"
+        ),
         "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
         "Access-Control-Max-Age": "600",
         "Vary": "Origin",
@@ -97,7 +104,7 @@ async def origin_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
     except errors.ProxyError as exc:
-        response = exc.response()  # rendered here so the page can read the error
+        response = exc.response(errors.shape_of(request))  # rendered here so the page can read the error
     if not response.prepared:
         response.headers.update(_cors_headers(origin))
     return response
@@ -110,13 +117,22 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     request[KEY] = LOCAL
     if not keyring.enabled or request.path in OPEN_PATHS:
         return await handler(request)
-    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
-    key = keyring.authenticate(supplied.strip()) if scheme.lower() == "bearer" else None
+    supplied = _supplied_key(request)
+    key = keyring.authenticate(supplied) if supplied else None
     if key is None:
         raise errors.AuthenticationFailed(
-            "Missing or invalid API key: send `Authorization: Bearer <key>` with a key from the keys file or `api_keys`"
+            "Missing or invalid API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`) with a key from "
+            "the keys file or `api_keys`"
         )
     request[KEY] = key
     request[ACCESS].key_name = key.name
-    request[OWNER] = owner_of(supplied.strip())
+    request[OWNER] = owner_of(supplied)  # the same owner whichever header carried the key
     return await handler(request)
+
+
+def _supplied_key(request: web.Request) -> str | None:
+    """The key a request carries: `Authorization: Bearer` (OpenAI's clients), else `x-api-key` (Anthropic's)."""
+    scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and bearer.strip():
+        return bearer.strip()
+    return request.headers.get("x-api-key", "").strip() or None

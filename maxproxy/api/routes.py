@@ -1,7 +1,8 @@
 """The HTTP handlers: `GET /health`, `GET /v1/models[/{id}]`, `POST /v1/chat/completions` (JSON or SSE),
 `POST /v1/responses` (the OpenAI Responses API, JSON or SSE) with its stored responses (`GET`/`DELETE
 /v1/responses/{id}`, `GET /v1/responses/{id}/input_items`; `previous_response_id` continues from one, see
-`api.stored_responses`), `GET/DELETE /v1/sessions`, `GET /v1/usage` and `GET /metrics`.
+`api.stored_responses`), `POST /v1/messages/count_tokens` (an estimate), `GET/DELETE /v1/sessions`, `GET /v1/usage`
+and `GET /metrics`. The model list answers in Anthropic's shape when the request carries `anthropic-version`.
 
 A chat request is decoded and checked by its wire module (`wire.chat`), which makes it a neutral `TurnRequest`; the
 turn core (`turns.core`) admits it, runs it on a worker and yields neutral events, which the wire module renders and
@@ -15,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 
 import msgspec
+import structlog
 from aiohttp import web
 
 from maxproxy import __version__, errors
@@ -30,6 +32,7 @@ from maxproxy.state import (
     KEYS,
     LEDGER,
     METRICS,
+    MODELS,
     OWNER,
     POOL,
     QUOTAS,
@@ -38,10 +41,11 @@ from maxproxy.state import (
 )
 from maxproxy.turns.core import Caller, Core, Outcome
 from maxproxy.usage import today
-from maxproxy.wire import chat, responses
+from maxproxy.wire import chat, messages, models, responses, token_count
 from maxproxy.wire.models import ModelCard, ModelList
 
 routes = web.RouteTableDef()
+ANTHROPIC_VERSION = "anthropic-version"  # sent by the Anthropic SDKs: their model list wants Anthropic's shape
 
 
 @routes.get("/health")
@@ -86,20 +90,38 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    table = request.app[SETTINGS].model_table
-    cards = ModelList(data=[ModelCard(id=name, created=model.created) for name, model in table.items()])
-    return web.Response(body=msgspec.json.encode(cards), content_type="application/json")
+    table = request.app[MODELS]
+    if ANTHROPIC_VERSION in request.headers:  # the Anthropic SDKs' `models.list()`
+        body = msgspec.json.encode(models.anthropic_page(table, request.query))
+    else:
+        body = msgspec.json.encode(ModelList(data=[ModelCard(id=name, created=m.created) for name, m in table.items()]))
+    return web.Response(body=body, content_type="application/json")
 
 
 @routes.get("/v1/models/{model}")
 async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    model = request.app[SETTINGS].model_table.get(name)
+    model = request.app[MODELS].get(name)
     if model is None:
         raise errors.ModelNotFound(f"The model {name!r} does not exist", param="model")
-    return web.Response(
-        body=msgspec.json.encode(ModelCard(id=name, created=model.created)), content_type="application/json"
-    )
+    if ANTHROPIC_VERSION in request.headers:
+        body = msgspec.json.encode(models.anthropic_card(name, model))
+    else:
+        body = msgspec.json.encode(ModelCard(id=name, created=model.created))
+    return web.Response(body=body, content_type="application/json")
+
+
+@routes.post("/v1/messages/count_tokens")
+async def count_tokens(request: web.Request) -> web.Response:
+    """An estimate (`wire.token_count`), never a model call; the header says so."""
+    asked = token_count.decode_request(await request.read())
+    if asked.model not in request.app[MODELS]:
+        raise errors.ModelNotFound(
+            f"The model {asked.model!r} does not exist; GET /v1/models lists the models maxproxy serves",
+            param="model",
+        )
+    headers = {token_count.HEADER: "estimate"}
+    return web.json_response({"input_tokens": token_count.estimate(asked)}, headers=headers)
 
 
 @routes.post("/v1/chat/completions")
@@ -138,6 +160,23 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         raise thread.shifted(translated.remap(exc)) from None
 
 
+@routes.post("/v1/messages")
+async def create_message(request: web.Request) -> web.StreamResponse:
+    """Anthropic's Messages API (`wire.messages`); its errors are in Anthropic's shape (`errors.shape_of`)."""
+    asked = messages.decode_request(await request.read())
+    translated = messages.translate(asked, request.headers)
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    betas = messages.ignored_betas(request.headers.get("anthropic-beta"))
+    answer = messages.Answer(asked, translated, request_id=request_id, betas=betas)
+    turn = _core(request).turn(translated.turn, _caller(request))
+    try:
+        if asked.stream:
+            return await relay(request, turn, answer, request.app[SETTINGS].keepalive_interval)
+        return await complete(turn, answer)
+    except errors.ProxyError as exc:
+        raise translated.remap(exc) from None  # a check on the neutral turn names the Messages field
+
+
 @routes.get("/v1/responses/{id}")
 async def retrieve_response(request: web.Request) -> web.Response:
     body = await stored_responses.retrieve(request.app[SESSIONS], request[OWNER], request.match_info["id"])
@@ -168,6 +207,7 @@ def _core(request: web.Request) -> Core:
         bus=app[BUS],
         metrics=app[METRICS],
         ledger=app[LEDGER],
+        models=app[MODELS],
     )
 
 

@@ -39,6 +39,7 @@ class Delta(Struct, frozen=True):
     text: str | None = None
     partial_json: str | None = None
     thinking: str | None = None
+    signature: str | None = None  # a thinking block's, in its `signature_delta`
     stop_reason: str | None = None
 
 

@@ -3,6 +3,8 @@ come from (an `initialize` control request answers both). `/health` shows it, so
 missing, is not the pinned version, is not logged in at all (no token source and no API key: every turn would end
 "Not logged in"), or bills an `ANTHROPIC_API_KEY` found in the daemon's environment instead of the subscription login.
 Whether it is logged in is kept up to date by the turns: a "Not logged in" answer marks it so, a later answer clears it.
+The same process is asked `list_models` (its aliases and the model ids they resolve to, answered locally in ~15 ms:
+measured, no upstream request), which the model catalogue serves beside the configured names.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ from maxproxy.settings import PINNED_CLI_VERSION, Settings
 log = structlog.get_logger("maxproxy.probe")
 
 
+class CliModel(msgspec.Struct, frozen=True, rename="camel"):
+    """One entry of the CLI's `list_models` answer (the fields maxproxy uses; the rest, such as effort support, is
+    ignored)."""
+
+    value: str  # the alias `--model` takes: "default", "opus", "fable", ...
+    resolved_model: str | None = None  # the model id it stands for now, e.g. "claude-opus-5-5"
+    display_name: str = ""
+    description: str = ""
+
+
 class CliStatus(msgspec.Struct):
     path: str
     found: bool = False
@@ -27,6 +39,8 @@ class CliStatus(msgspec.Struct):
     subscription_type: str | None = None  # e.g. "Claude Max": a stored subscription login (`claude auth login`)
     error: str | None = None
     logged_in: bool | None = None  # None: the CLI did not say
+    models: list[CliModel] = []  # its `list_models` answer (empty: not available)
+    models_error: str | None = None  # why there is none
 
     @property
     def billing(self) -> str:
@@ -59,7 +73,14 @@ async def probe(settings: Settings) -> CliStatus:
     except errors.ProxyError as exc:
         status.error = exc.message
         return status
-    await worker.close()
+    try:
+        status.models = _models(await worker.control("list_models"))
+    except (errors.ProxyError, msgspec.ValidationError) as exc:
+        status.models_error = exc.message if isinstance(exc, errors.ProxyError) else f"unexpected answer: {exc}"
+    finally:
+        await worker.close()
+    if not status.models and status.models_error is None:
+        status.models_error = "the CLI listed no models"
     answer = worker.info
     status.found = True
     status.version = str(answer.get("claude_code_version") or "") or None
@@ -75,3 +96,7 @@ async def probe(settings: Settings) -> CliStatus:
     elif status.token_source is not None and account.get("apiProvider") in (None, "firstParty"):  # i.e. "none"
         status.logged_in = False
     return status
+
+
+def _models(answer: dict[str, object]) -> list[CliModel]:
+    return msgspec.convert(answer.get("models") or [], list[CliModel])

@@ -32,7 +32,7 @@ from maxproxy.metrics import Metrics
 from maxproxy.pool import Lease, Pool, ResumeFailed
 from maxproxy.quota import Quotas
 from maxproxy.sessions import Plan, Sessions
-from maxproxy.settings import Settings
+from maxproxy.settings import Model, Settings
 from maxproxy.state import Access
 from maxproxy.turns import structured
 from maxproxy.turns.messages import AssistantMessage, FinishReason, PromptTokensDetails, TurnRequest, Usage
@@ -56,6 +56,13 @@ class ReasoningDelta:
     """The model's thinking as it comes (only when thinking ran): chat's `reasoning_content`, a Responses summary."""
 
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningSignature:
+    """The signature that ends a thinking block (as the upstream gives it): Anthropic's `signature_delta`."""
+
+    signature: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +90,24 @@ class Outcome:
     usage: Usage
     error: errors.ProxyError | None = None
     reasoning: str = ""  # the model's thinking over the whole turn ("" when none ran)
+    thoughts: tuple[tuple[str, str], ...] = ()  # the same thinking as (thinking, signature) blocks, in order
 
 
-Event = TextDelta | ReasoningDelta | ToolCallEvent | Keepalive | Outcome
+Event = TextDelta | ReasoningDelta | ReasoningSignature | ToolCallEvent | Keepalive | Outcome
+Answered = TextDelta | ReasoningDelta | ReasoningSignature | ToolCallEvent | Keepalive
 
 
 def outcome(assembler: reply.Assembler, error: errors.ProxyError | None = None) -> Outcome:
     calls = [ToolCallEvent(i, c.id, c.name, c.arguments) for i, c in enumerate(assembler.calls)]
-    return Outcome(assembler.finish_reason, assembler.text, calls, assembler.usage(), error, assembler.thinking)
+    return Outcome(
+        assembler.finish_reason,
+        assembler.text,
+        calls,
+        assembler.usage(),
+        error,
+        assembler.thinking,
+        tuple(assembler.thoughts),
+    )
 
 
 @dataclass
@@ -118,11 +135,12 @@ class Attempts:
             return used[0]
         prompt_tokens, completion = sum(u.prompt_tokens for u in used), sum(u.completion_tokens for u in used)
         cached = sum(u.prompt_tokens_details.cached_tokens for u in used)
+        created = sum(u.prompt_tokens_details.cache_creation_tokens for u in used)
         return Usage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion,
             total_tokens=prompt_tokens + completion,
-            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached, cache_creation_tokens=created),
         )
 
     def outcome(self, error: errors.ProxyError | None = None) -> Outcome:
@@ -130,7 +148,8 @@ class Attempts:
         calls = [ToolCallEvent(i, c.id, c.name, c.arguments) for i, c in enumerate(last.calls)]
         text = self.checked if self.checked is not None else last.text
         thinking = reply.MESSAGE_SEPARATOR.join(a.thinking for a in self.all if a.thinking)
-        return Outcome(last.finish_reason, text, calls, self.usage(), error, thinking)
+        thoughts = tuple(thought for a in self.all for thought in a.thoughts)
+        return Outcome(last.finish_reason, text, calls, self.usage(), error, thinking, thoughts)
 
     def message(self) -> AssistantMessage:
         """The answer as the conversation records it (a structured one: the JSON the client got)."""
@@ -165,6 +184,7 @@ class Core:
     bus: Bus
     metrics: Metrics
     ledger: Ledger
+    models: Mapping[str, Model] | None = None  # the served model table (None: the configured one)
 
     def turn(self, request: TurnRequest, caller: Caller) -> Turn:
         return Turn(self, request, caller)
@@ -185,7 +205,8 @@ class Turn:
         access = caller.access
         access.model, access.stream = request.model, request.stream
         core.quotas.check_model(caller.key, request.model)
-        full = prompt.build(request, core.settings)  # every check on the request, before a conversation is touched
+        # every check on the request, before a conversation is touched
+        full = prompt.build(request, core.settings, models=core.models)
         core.breaker.check(full.family)
         with core.quotas.admit(caller.key) as limits:
             identity = identify(request, caller.headers, caller.owner)
@@ -258,7 +279,7 @@ class Turn:
 
     async def _answer(
         self, lease: Lease, turn: prompt.Turn, watchdog: Watchdog, attempts: Attempts, started: float
-    ) -> AsyncGenerator[TextDelta | ReasoningDelta | ToolCallEvent | Keepalive, None]:
+    ) -> AsyncGenerator[Answered, None]:
         """The answer's events. A structured answer's text (`output_schema`) is held back until the turn ends and
         checked; while it is not JSON for the schema, the model is told what is wrong, on the same worker, and
         answers again (`structured_output_retries` times at most, then `InvalidStructuredOutput`). Thinking and tool
@@ -322,7 +343,7 @@ class Turn:
         *,
         lines: list[prompt.Line] | None = None,
         results: dict[str, str] | None = None,
-    ) -> AsyncGenerator[TextDelta | ReasoningDelta | ToolCallEvent | Keepalive, None]:
+    ) -> AsyncGenerator[Answered, None]:
         """The turn's events as neutral ones, until it ends, fails, or waits for the client's tool results. `lines`
         (and `results`) in place of the turn's own: a structured answer asked for again."""
         core, request = self.core, self.request
@@ -343,6 +364,8 @@ class Turn:
                 if assembler.thinking_delta:
                     self._first_token(started)
                     yield ReasoningDelta(assembler.thinking_delta)
+                if assembler.signature_delta:
+                    yield ReasoningSignature(assembler.signature_delta)
                 if text:
                     if request.output_schema is None:  # a structured answer's text goes out once checked
                         self._first_token(started)

@@ -31,7 +31,16 @@ class ImagePart(Struct, tag="image_url"):
     image_url: ImageURL | str
 
 
-Part = TextPart | InputTextPart | ImagePart
+class DocumentPart(Struct, tag="document"):
+    """A document the model reads as it is: a base64 PDF (`application/pdf`) or plain text (`text/plain`). The
+    Messages wire makes these (the CLI passes a `document` block on to the model, measured)."""
+
+    media_type: str
+    data: str
+    title: str | None = None
+
+
+Part = TextPart | InputTextPart | ImagePart | DocumentPart
 Content = str | list[Part]
 
 
@@ -79,7 +88,8 @@ FinishReason = Literal["stop", "length", "tool_calls"]  # why an answer ended
 
 
 class PromptTokensDetails(Struct):
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # read from the upstream's prompt cache
+    cache_creation_tokens: int = 0  # written to it (Anthropic's `cache_creation_input_tokens`)
 
 
 class Usage(Struct):

@@ -192,12 +192,30 @@ class Choice(Struct):
     logprobs: None = None
 
 
+class PromptDetails(Struct):
+    cached_tokens: int = 0
+
+
+class ChatUsage(Struct):
+    """OpenAI's usage object (the neutral `Usage` carries more than chat shows, e.g. cache writes)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptDetails
+
+    @classmethod
+    def of(cls, usage: Usage) -> ChatUsage:
+        details = PromptDetails(cached_tokens=usage.prompt_tokens_details.cached_tokens)
+        return cls(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, details)
+
+
 class ChatCompletion(Struct):
     id: str
     created: int
     model: str
     choices: list[Choice]
-    usage: Usage
+    usage: ChatUsage
     object: str = "chat.completion"
     system_fingerprint: None = None
 
@@ -263,7 +281,7 @@ class Chunks:
         return self._head + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]}'
 
     def usage(self, usage: Usage) -> bytes:
-        return self._head + b'[],"usage":' + encoder.encode(usage) + b"}"
+        return self._head + b'[],"usage":' + encoder.encode(ChatUsage.of(usage)) + b"}"
 
 
 def message(outcome: Outcome) -> AssistantMessage:
@@ -284,7 +302,7 @@ def completion(completion_id: str, created: int, model: str, outcome: Outcome) -
         created=created,
         model=model,
         choices=[Choice(message=response, finish_reason=outcome.finish_reason)],
-        usage=outcome.usage,
+        usage=ChatUsage.of(outcome.usage),
     )
     return msgspec.json.encode(body)
 

@@ -285,3 +285,16 @@ async def test_cli_tool_turn_is_one_answer(cli_env: Path, start_proxy: ProxyFact
         if b.get("type") == "tool_result"
     ]
     assert "hi-from-tool" in json.dumps(results)
+
+
+async def test_usage_is_openais_shape_exactly(proxy: Proxy, upstream: FakeUpstream) -> None:
+    """The neutral usage knows more (cache writes, for Anthropic's API); chat shows OpenAI's fields only."""
+    body = {"model": "claude-sonnet-4", "messages": HELLO, "stream_options": {"include_usage": True}}
+    async with proxy.http.post(f"{proxy.url}/v1/chat/completions", json={**body, "stream": False}) as response:
+        usage = (await response.json())["usage"]
+    assert set(usage) == {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details"}
+    assert set(usage["prompt_tokens_details"]) == {"cached_tokens"}
+    async with proxy.http.post(f"{proxy.url}/v1/chat/completions", json={**body, "stream": True}) as response:
+        chunks = [json.loads(line[6:]) for line in (await response.text()).splitlines() if line.startswith("data: {")]
+    [streamed] = [chunk["usage"] for chunk in chunks if chunk.get("usage")]
+    assert streamed == usage

@@ -1,7 +1,7 @@
 """A fake `claude` for the faults the real CLI cannot be made to produce. Never a replacement for the real CLI in
 the happy paths: the tests use it only to crash mid-stream, write garbage, stream forever, ignore SIGTERM and
-interrupts, fail at start-up, start slowly ("slow_start": 1.5 s before `initialize` is answered), or leave a
-grandchild behind. In "chaos" mode each turn's prompt picks its fault
+interrupts, fail at start-up, start slowly ("slow_start": 1.5 s before `initialize` is answered), leave a
+grandchild behind, or not know `list_models` ("no_list_models"). In "chaos" mode each turn's prompt picks its fault
 ("crash", "garbage", "hang", "endless"; anything else answers).
 
 Usage: cli.py MODE [claude flags...]; it speaks just enough stream-json (init, text deltas, result, control
@@ -91,6 +91,11 @@ def main() -> None:
                 "rewind_conversation": {"rewound": True},
             }
             answer = answers.get(subtype, {})
+            if subtype == "list_models" and MODE == "no_list_models":  # an older CLI: the request is unknown to it
+                error = f"Unsupported control request subtype: {subtype}"
+                response = {"subtype": "error", "request_id": line["request_id"], "error": error}
+                emit({"type": "control_response", "response": response})
+                continue
             emit(
                 {
                     "type": "control_response",

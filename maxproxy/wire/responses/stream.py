@@ -13,7 +13,7 @@ import msgspec
 
 from maxproxy import errors
 from maxproxy.turns.core import Event as TurnEvent
-from maxproxy.turns.core import Keepalive, Outcome, ReasoningDelta, TextDelta, ToolCallEvent
+from maxproxy.turns.core import Keepalive, Outcome, ReasoningDelta, ReasoningSignature, TextDelta, ToolCallEvent
 from maxproxy.wire.responses.request import ResponsesRequest
 from maxproxy.wire.responses.translation import Translated
 
@@ -225,7 +225,7 @@ class ResponseStream:
             return self.reasoning(event.text)
         if isinstance(event, ToolCallEvent):
             return self.tool_call(event.id, event.name, event.arguments)
-        if isinstance(event, Keepalive):
+        if isinstance(event, Keepalive | ReasoningSignature):  # a summary has no signature
             return []
         assert isinstance(event, Outcome)
         usage = event.usage
