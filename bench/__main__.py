@@ -4,8 +4,8 @@ The fake Anthropic upstream and the clients run in this process; maxproxy runs a
 maxproxy`, real pinned CLI), so that its CPU and memory are measured apart from its CLI workers'. Side by side, in one
 run: (a) the direct cold CLI, one `claude -p` stream-json process per request — the floor of any spawn-per-request
 proxy; (b) maxproxy: streaming time to first token p50/p95, non-streaming latency, throughput, at concurrency 1, 4
-and 8, for Chat Completions and for the Responses API side by side; CPU seconds per request (maxproxy + its CLI
-workers); maxproxy's RSS and the total with its workers; and the proxy's own CPU per streamed chunk against the
+and 8, for Chat Completions, the Responses API and the Messages API side by side; CPU seconds per request (maxproxy +
+its CLI workers); maxproxy's RSS and the total with its workers; and the proxy's own CPU per streamed chunk against the
 CLI's; (c) a function-calling round trip (a request with tools gets a tool call, the client sends the result): the
 follow-up's time to first token when it goes on with the waiting CLI turn, against the same follow-up replayed into
 a clean worker (its conversation deleted first). Timing goals live here, never in the tests. Every request goes to
@@ -208,6 +208,32 @@ async def responses_complete(http: aiohttp.ClientSession, url: str) -> tuple[flo
     return total, total, 0
 
 
+MESSAGE = {"model": HELLO["model"], "max_tokens": 1024, "messages": HELLO["messages"]}
+ANTHROPIC = {"anthropic-version": "2023-06-01"}
+
+
+async def messages_stream(http: aiohttp.ClientSession, url: str) -> tuple[float, float, int]:
+    """One streamed Messages answer, timed as chat's: to its first `content_block_delta` carrying a `text_delta`."""
+    started = time.perf_counter()
+    first, chunks = 0.0, 0
+    async with http.post(url, json={**MESSAGE, "stream": True}, headers=ANTHROPIC) as response:
+        assert response.status == 200, await response.text()
+        async for raw in response.content:
+            if raw.startswith(b"data: {") and b'"text_delta"' in raw:
+                chunks += 1
+                first = first or time.perf_counter() - started
+    return first, time.perf_counter() - started, chunks
+
+
+async def messages_complete(http: aiohttp.ClientSession, url: str) -> tuple[float, float, int]:
+    started = time.perf_counter()
+    async with http.post(url, json=MESSAGE, headers=ANTHROPIC) as response:
+        assert response.status == 200, await response.text()
+        await response.read()
+    total = time.perf_counter() - started
+    return total, total, 0
+
+
 async def tool_round_trip(http: aiohttp.ClientSession, url: str, *, replay: bool) -> tuple[float, float, int]:
     """A request with tools → a tool call → the follow-up with the result: (the follow-up's time to first token,
     the whole round trip, content chunks)."""
@@ -317,6 +343,7 @@ async def main(requests: int) -> None:
         server = Server(proc.pid, f"{url}/v1/chat/completions")
         await wait_warm(server, max(CONCURRENCY))
         responses = f"{url}/v1/responses"
+        messages = f"{url}/v1/messages"
         async with aiohttp.ClientSession() as http:
             for _ in range(max(CONCURRENCY)):
                 await proxy_complete(http, server.url)  # warm-up
@@ -343,6 +370,16 @@ async def main(requests: int) -> None:
                         requests,
                         concurrency,
                         server,
+                    )
+                )
+                rows.append(
+                    await measure(
+                        "messages stream", lambda: messages_stream(http, messages), requests, concurrency, server
+                    )
+                )
+                rows.append(
+                    await measure(
+                        "messages non-stream", lambda: messages_complete(http, messages), requests, concurrency, server
                     )
                 )
             for concurrency in TOOL_CONCURRENCY:
@@ -380,6 +417,9 @@ def report(rows: list[dict[str, object]], memory: tuple[int, int]) -> None:
     for c in CONCURRENCY:
         chat, resp = pick("maxproxy stream", c, "ttft_p50_ms"), pick("responses stream", c, "ttft_p50_ms")
         print(f"concurrency {c}: stream TTFT p50 chat {chat:.1f} ms, responses {resp:.1f} ms ({resp - chat:+.1f} ms)")
+    for c in CONCURRENCY:
+        chat, msgs = pick("maxproxy stream", c, "ttft_p50_ms"), pick("messages stream", c, "ttft_p50_ms")
+        print(f"concurrency {c}: stream TTFT p50 chat {chat:.1f} ms, messages {msgs:.1f} ms ({msgs - chat:+.1f} ms)")
     for c in CONCURRENCY:
         cold, warm = "direct cold CLI", "maxproxy stream"
         ttft = pick(warm, c, "ttft_p50_ms") / pick(cold, c, "ttft_p50_ms")
