@@ -8,8 +8,12 @@ and 8, for Chat Completions, the Responses API and the Messages API side by side
 its CLI workers); maxproxy's RSS and the total with its workers; and the proxy's own CPU per streamed chunk against the
 CLI's; (c) a function-calling round trip (a request with tools gets a tool call, the client sends the result): the
 follow-up's time to first token when it goes on with the waiting CLI turn, against the same follow-up replayed into
-a clean worker (its conversation deleted first). Timing goals live here, never in the tests. Every request goes to
-127.0.0.1; every loop is bounded in count.
+a clean worker (its conversation deleted first); (d) the physical floor beside them (`bench.floor`: one warm CLI
+started as a worker is, fed turns directly, alone and with a rewind after each turn): TTFT p50 at concurrency 1, the
+CLI's CPU per 50-token turn against the workers' CLI CPU per request, and the scaling at concurrency 8 (req/s over 8
+uncontended single streams); (e) the control requests around each kind of turn and what they cost (`bench.controls`;
+`--controls` runs only that). Timing goals live here, never in the tests. Every request goes to 127.0.0.1; every
+loop is bounded in count.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 import msgspec
@@ -33,6 +38,9 @@ from maxproxy.claude import command
 from maxproxy.settings import Settings
 from tests.daemon import daemon
 from tests.fakes.upstream import FakeUpstream, Received, Reply, Text, ToolUse
+
+from bench import controls
+from bench.floor import WarmCLI
 
 TOKENS, DELAY = 50, 0.010
 CONCURRENCY = (1, 4, 8)
@@ -47,14 +55,18 @@ WEATHER = {
     },
 }
 TOOL_CONCURRENCY = (1, 4)
+FLOOR = "warm CLI alone (floor)"
 
 
 def call_tools(received: Received) -> Reply | None:
-    """The fake model calls the tool when it has tools and no tool result yet; otherwise the default answer."""
+    """The fake model calls the tool when it has tools, is asked about the weather, and has no tool result yet;
+    otherwise the default answer."""
     if not received.body.get("tools"):
         return None
     content = [m for m in received.messages if m["role"] == "user"][-1]["content"]
     if isinstance(content, list) and any(b.get("type") == "tool_result" for b in content):
+        return None
+    if "Weather" not in json.dumps(content):
         return None
     return Reply(blocks=(ToolUse("get_weather", {"city": "Paris"}),), stop_reason="tool_use")
 
@@ -255,7 +267,13 @@ async def tool_round_trip(http: aiohttp.ClientSession, url: str, *, replay: bool
 Run = Callable[[], Awaitable[tuple[float, float, int]]]
 
 
-async def measure(name: str, run: Run, requests: int, concurrency: int, server: Server | None) -> dict[str, object]:
+class Meter(Protocol):
+    def cpu(self) -> tuple[float, float]:
+        """(proxy CPU seconds, CLI CPU seconds) so far."""
+        ...
+
+
+async def measure(name: str, run: Run, requests: int, concurrency: int, server: Meter | None) -> dict[str, object]:
     cold_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     own0, cli0 = server.cpu() if server else (0.0, 0.0)
     firsts: list[float] = []
@@ -289,7 +307,8 @@ async def measure(name: str, run: Run, requests: int, concurrency: int, server: 
         "total_p50_ms": round(statistics.median(totals) * 1000, 1),
         "req_per_s": round(requests / wall, 2),
         "cpu_s_per_req": round((own + cli) / requests, 3),
-        "proxy_cpu_ms_per_chunk": round(own / chunks * 1000, 3) if chunks and server else "",
+        "cli_cpu_ms_per_req": round(cli / requests * 1000, 1),
+        "proxy_cpu_ms_per_chunk": round(own / chunks * 1000, 3) if chunks and isinstance(server, Server) else "",
         "cli_cpu_ms_per_chunk": round(cli / chunks * 1000, 3) if chunks else "",
     }
 
@@ -301,7 +320,7 @@ async def wait_warm(server: Server, workers: int) -> None:
     await asyncio.sleep(1.0)  # let the new workers finish initialising
 
 
-async def main(requests: int) -> None:
+async def main(requests: int, *, controls_only: bool = False) -> None:
     upstream = FakeUpstream(
         default=Reply(blocks=(Text(tuple(f"tok{i} " for i in range(TOKENS))),), delay=DELAY), responder=call_tools
     )
@@ -335,9 +354,14 @@ async def main(requests: int) -> None:
     os.environ.pop("ANTHROPIC_API_KEY", None)
     settings = msgspec.convert({"state_dir": str(home / "cold"), "upstream_retries": 0}, Settings)
     settings.workspace_path.mkdir(parents=True, exist_ok=True)
+    if controls_only:
+        controls.report(await controls.run(env, requests))
+        await upstream.close()
+        return
     rows: list[dict[str, object]] = []
     for concurrency in CONCURRENCY:  # cold first: the cold CLIs are the only children of this process then
         rows.append(await measure("direct cold CLI", lambda: direct_cli(settings), requests, concurrency, None))
+    rows += await floor(settings, requests)
     memory: tuple[int, int] = (0, 0)
     async with daemon(env) as (proc, url, _):
         server = Server(proc.pid, f"{url}/v1/chat/completions")
@@ -399,8 +423,23 @@ async def main(requests: int) -> None:
         proc.terminate()
         async with asyncio.timeout(60):
             await proc.wait()
-    await upstream.close()
     report(rows, memory)
+    controls.report(await controls.run(env, max(6, requests // 3)))
+    await upstream.close()
+
+
+async def floor(settings: Settings, requests: int) -> list[dict[str, object]]:
+    """The warm CLI alone (see `bench.floor`): turns at concurrency 1, then the same with a rewind after each turn."""
+    cli = await WarmCLI.start(settings, command.Launch(model="sonnet"))
+    try:
+        for _ in range(5):  # its first turns are slower (measured), as a worker's are before maxproxy's warm-up
+            await cli.turn()
+        return [
+            await measure(FLOOR, cli.turn, requests, 1, cli),
+            await measure(FLOOR + " + rewind", lambda: cli.turn(rewind=True), requests, 1, cli),
+        ]
+    finally:
+        await cli.close()
 
 
 def report(rows: list[dict[str, object]], memory: tuple[int, int]) -> None:
@@ -428,6 +467,20 @@ def report(rows: list[dict[str, object]], memory: tuple[int, int]) -> None:
     for c in CONCURRENCY:
         chat, msgs = pick("maxproxy stream", c, "ttft_p50_ms"), pick("messages stream", c, "ttft_p50_ms")
         print(f"concurrency {c}: stream TTFT p50 chat {chat:.1f} ms, messages {msgs:.1f} ms ({msgs - chat:+.1f} ms)")
+    floor_ttft, floor_cpu = pick(FLOOR, 1, "ttft_p50_ms"), pick(FLOOR, 1, "cli_cpu_ms_per_req")
+    rewind_cpu = pick(FLOOR + " + rewind", 1, "cli_cpu_ms_per_req") - floor_cpu
+    print(
+        f"floor (one warm CLI fed turns, concurrency 1): stream TTFT p50 {floor_ttft:.1f} ms, CLI CPU per 50-token"
+        f" turn {floor_cpu:.1f} ms; a rewind after each turn adds {rewind_cpu:+.1f} ms CLI CPU per turn"
+    )
+    for case in ("maxproxy stream", "responses stream", "messages stream"):
+        ttft, cpu = pick(case, 1, "ttft_p50_ms"), pick(case, 1, "cli_cpu_ms_per_req")
+        single, c8 = pick(case, 1, "req_per_s"), pick(case, max(CONCURRENCY), "req_per_s")
+        print(
+            f"{case}: TTFT p50 c1 {ttft:.1f} ms (floor {floor_ttft:.1f}, {ttft - floor_ttft:+.1f} ms); workers' CLI CPU"
+            f" per request {cpu:.1f} ms (floor {floor_cpu:.1f}, {cpu / floor_cpu:.2f}x); scaling at c{max(CONCURRENCY)}"
+            f" {c8 / (max(CONCURRENCY) * single):.2f} ({c8:.2f} of {max(CONCURRENCY) * single:.2f} req/s)"
+        )
     for c in CONCURRENCY:
         cold, warm = "direct cold CLI", "maxproxy stream"
         ttft = pick(warm, c, "ttft_p50_ms") / pick(cold, c, "ttft_p50_ms")
@@ -443,5 +496,6 @@ def report(rows: list[dict[str, object]], memory: tuple[int, int]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=24, help="requests per case (at most 200)")
+    parser.add_argument("--controls", action="store_true", help="only the control requests per turn kind")
     args = parser.parse_args()
-    asyncio.run(main(min(args.requests, 200)))
+    asyncio.run(main(min(args.requests, 200), controls_only=args.controls))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import itertools
+import logging
 import os
 import signal
 import time
@@ -37,12 +39,21 @@ from maxproxy.claude.mcp import RELIST_TIMEOUT, ToolHost
 from maxproxy.settings import Settings
 
 log = structlog.get_logger("maxproxy.worker")
+_trace = logging.getLogger("maxproxy.worker")  # whether debug events are wanted: control requests are timed then
 
 # Lines can be far larger than asyncio's 64 KiB stream default (tool results, image echoes, `initialize` answers).
 LINE_LIMIT = 256 * 1024 * 1024
 START_TIMEOUT = 30.0
 CONTROL_TIMEOUT = 10.0
 _ids = itertools.count(1)
+
+
+def _control_name(subtype: str, fields: dict[str, Any]) -> str:
+    """A control request's name in counts and logs: an `mcp_message` by the JSON-RPC method it carries."""
+    message = fields.get("message")
+    if subtype == "mcp_message" and isinstance(message, dict):
+        return f"mcp_message:{message.get('method') or 'response'}"
+    return subtype
 
 
 class _End:
@@ -173,6 +184,9 @@ class Worker:
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         self._write_lock = asyncio.Lock()
         self._request_ids = itertools.count(1)
+        self.controls: collections.Counter[str] = collections.Counter()  # control requests sent, by `_control_name`
+        # Traced control requests nobody awaits (interrupts), with the context they were sent in.
+        self._unawaited: dict[str, tuple[tuple[float, int], contextvars.Context]] = {}
         self._closing: asyncio.Task[None] | None = None
         pipes.worker = self
 
@@ -328,6 +342,9 @@ class Worker:
         request_id = f"req_{next(self._request_ids)}_{self.name}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        name = _control_name(subtype, fields)
+        self.controls[name] += 1
+        trace = self._trace_start()
         try:
             request = {"subtype": subtype, **fields}
             await self.send({"type": "control_request", "request_id": request_id, "request": request})
@@ -336,10 +353,41 @@ class Worker:
             raise errors.CLIFailed(f"The CLI did not answer the {subtype} control request in {timeout:g}s") from None
         finally:
             self._pending.pop(request_id, None)
+            if trace is not None:
+                self._trace_end(name, trace)
 
     async def _send_interrupt(self) -> None:
         request_id = f"req_{next(self._request_ids)}_{self.name}"
+        self.controls["interrupt"] += 1
+        trace = self._trace_start()
+        if trace is not None:  # nobody waits on its answer: timed when the answer comes (see `_on_line`)
+            self._unawaited[request_id] = (trace, contextvars.copy_context())
         await self.send({"type": "control_request", "request_id": request_id, "request": {"subtype": "interrupt"}})
+
+    def _trace_start(self) -> tuple[float, int] | None:
+        """With debug logging, the clock and the CLI's CPU before a control request (see `_trace_end`)."""
+        return (time.perf_counter(), self.cpu_ns()) if _trace.isEnabledFor(logging.DEBUG) else None
+
+    def _trace_end(self, name: str, trace: tuple[float, int], event: str = "cli_control") -> None:
+        # The CLI's CPU while it handled the request: what each control request around a turn costs (`make bench`).
+        started, cpu = trace
+        log.debug(
+            event,
+            worker=self.name,
+            subtype=name,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+            cli_cpu_ms=round((self.cpu_ns() - cpu) / 1e6, 2),
+            in_turn=self.in_turn,
+        )
+
+    def cpu_ns(self) -> int:
+        """CPU time of the CLI's main (JavaScript) thread so far, to the nanosecond (Linux; 0 where /proc is not
+        available). Not all threads: the process's total comes in 10 ms ticks, and summing its threads' counters
+        goes backwards when one exits (measured: the CLI's helper threads come and go while it idles)."""
+        try:
+            return int(Path(f"/proc/{self.pid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
 
     async def interrupt(self) -> None:
         """Ask the CLI to end the running turn now; its `result` follows within milliseconds."""
@@ -360,6 +408,9 @@ class Worker:
             return
         self._seen_output = True
         if isinstance(event, ControlResponse):
+            if (unawaited := self._unawaited.pop(event.response.request_id, None)) is not None:
+                trace, context = unawaited
+                context.run(self._trace_end, "interrupt", trace)  # logged with the request it was sent for
             future = self._pending.get(event.response.request_id)
             if future is not None and not future.done():
                 if event.response.subtype == "success":
@@ -491,6 +542,7 @@ class Worker:
         calls keeps its server, whose calls are open."""
         listed = self.tools.offer(toolset)
         if listed is not None:
+            trace = self._trace_start()
             if self.tools.needs_server and not self.tools.waiting:
                 await self._replace_server()
             else:
@@ -501,6 +553,8 @@ class Worker:
             except TimeoutError:
                 message = f"The CLI did not list the client's tools again in {RELIST_TIMEOUT:g}s"
                 raise errors.CLIFailed(message) from None
+            if trace is not None:  # the whole change: its control requests and the CLI's `tools/list`
+                self._trace_end("offer", trace, "cli_tools_listed")
         self.tools.listed_for_turn()
 
     async def _replace_server(self) -> None:
