@@ -28,14 +28,14 @@ run: install
 	$(BIN)/maxproxy
 
 lint: install
-	$(BIN)/ruff check maxproxy tests bench
+	$(BIN)/ruff check maxproxy tests
 	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest
 
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m maxproxy.bench
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache

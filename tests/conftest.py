@@ -20,10 +20,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from maxproxy.app import create_app
+from maxproxy.bench.upstream import FakeUpstream
 from maxproxy.settings import PROJECT_CLI, Settings, check
 from openai import AsyncOpenAI
 
-from tests.fakes.upstream import FakeUpstream
 from tests.procs import children
 
 FAKE_CLI = Path(__file__).parent / "fakes" / "cli.py"

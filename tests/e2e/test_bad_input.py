@@ -10,12 +10,12 @@ from typing import Any
 import msgspec
 import pytest
 from maxproxy import errors, prompt
+from maxproxy.bench.upstream import FakeUpstream
 from maxproxy.wire.chat import decode, to_turn
 from maxproxy.wire.decoding import MAX_DEPTH
 
 from tests.conftest import Proxy, ProxyFactory, make_settings
 from tests.e2e import CHAT
-from tests.fakes.upstream import FakeUpstream
 
 MODEL = "claude-sonnet-4"
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}

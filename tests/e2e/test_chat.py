@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from maxproxy.bench.upstream import FakeUpstream, Reply, Text, Thinking, ToolUse
+
 from tests import sse
 from tests.conftest import Proxy, ProxyFactory, wait_for
 from tests.e2e import HELLO
-from tests.fakes.upstream import FakeUpstream, Reply, Text, Thinking, ToolUse
 from tests.procs import children
 from tests.test_prompt import PNG
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from maxproxy.bench.upstream import FakeUpstream, Received, Reply, Text, ToolUse
 from maxproxy.settings import PROJECT_CLI
 
 from tests.conftest import Proxy, ProxyFactory
-from tests.fakes.upstream import FakeUpstream, Received, Reply, Text, ToolUse
 
 MODEL = "claude-sonnet-4"
 CLIENT_TIMEOUT = 60.0

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 import structlog
+from maxproxy.bench.upstream import FakeUpstream, Reply
 from maxproxy.pool import Pool
 from maxproxy.state import POOL
 
 from tests.conftest import Proxy, ProxyFactory, wait_for
 from tests.e2e import CHAT, quiet
 from tests.e2e.test_tools import WEATHER
-from tests.fakes.upstream import FakeUpstream, Reply
 
 MODEL = "claude-sonnet-4"
 

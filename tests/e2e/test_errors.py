@@ -8,11 +8,11 @@ from typing import Any
 
 import openai
 import pytest
+from maxproxy.bench.upstream import FakeUpstream, Reply, Text
 
 from tests import sse
 from tests.conftest import Proxy, ProxyFactory
 from tests.e2e import CHAT, HELLO
-from tests.fakes.upstream import FakeUpstream, Reply, Text
 
 
 async def error_of(proxy: Proxy, method: str, path: str, status: int, **kw: Any) -> dict[str, Any]:

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from maxproxy.bench.daemon import daemon
+from maxproxy.bench.upstream import FakeUpstream, Reply, plan_limit
 from maxproxy.state import BREAKER, KEYS, POOL, QUOTAS
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Proxy, ProxyFactory, wait_for
-from tests.daemon import daemon
-from tests.fakes.upstream import FakeUpstream, Reply, plan_limit
 
 MODEL = "claude-sonnet-4"
 KEYS_FILE = """

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from maxproxy.bench.upstream import FakeUpstream, Reply
 
 from tests import sse
 from tests.conftest import Proxy, ProxyFactory, fake_cli, wait_for
 from tests.e2e import CHAT, HELLO
-from tests.fakes.upstream import FakeUpstream, Reply
 from tests.procs import alive, children, in_group
 
 BODY = {"model": "claude-sonnet-4", "messages": HELLO}

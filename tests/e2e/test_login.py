@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from maxproxy import errors
+from maxproxy.bench.upstream import FakeUpstream
 from maxproxy.settings import PROJECT_CLI
 from maxproxy.state import CLI
 
 from tests.conftest import ProxyFactory
 from tests.e2e import CHAT, HELLO
-from tests.fakes.upstream import FakeUpstream
 
 
 async def test_not_logged_in_is_unready_and_says_how_to_log_in(

@@ -16,12 +16,12 @@ import anthropic
 import pytest
 from anthropic import AsyncAnthropic
 from anthropic.types import ContentBlockParam, MessageParam, ToolParam
+from maxproxy.bench.upstream import FakeUpstream, Reply, Text, Thinking, ToolUse
 
 from tests.conftest import Proxy, ProxyFactory, wait_for
 from tests.e2e.test_keys import keys_file
 from tests.e2e.test_sessions import pool_of, texts
 from tests.e2e.test_tools import calls, result_text, tool_results
-from tests.fakes.upstream import FakeUpstream, Reply, Text, Thinking, ToolUse
 
 MODEL = "claude-sonnet-4"
 HI: list[MessageParam] = [{"role": "user", "content": "hi"}]

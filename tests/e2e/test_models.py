@@ -10,13 +10,13 @@ from unittest.mock import ANY
 
 import anthropic
 import pytest
+from maxproxy.bench.upstream import FakeUpstream, Reply
 from maxproxy.claude.command import Launch
 from maxproxy.settings import DEFAULT_MODELS
 from maxproxy.state import MODELS, POOL
 
 from tests.conftest import Proxy, ProxyFactory, fake_cli, wait_for
 from tests.e2e import HELLO
-from tests.fakes.upstream import FakeUpstream, Reply
 
 LISTED = ("default", "opus", "fable", "sonnet", "haiku", "claude-opus-5-5", "claude-fable-5-2", "claude-sonnet-5-5")
 

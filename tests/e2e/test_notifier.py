@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from maxproxy.bench.upstream import FakeUpstream, Reply, ToolUse, plan_limit
 
 from tests.conftest import Proxy, ProxyFactory, fake_cli, wait_for
 from tests.fakes.telegram import TOKEN, FakeTelegram
-from tests.fakes.upstream import FakeUpstream, Reply, ToolUse, plan_limit
 
 HELLO: Any = [{"role": "user", "content": "say hi with bash"}]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import structlog
+from maxproxy.bench.upstream import FakeUpstream, Received, Reply, Text, ToolUse
 from maxproxy.claude.worker import Worker
 from maxproxy.pool import Pool
 from maxproxy.state import POOL
@@ -20,7 +21,6 @@ from maxproxy.state import POOL
 from tests import sse
 from tests.conftest import Proxy, ProxyFactory, wait_for
 from tests.e2e import CHAT
-from tests.fakes.upstream import FakeUpstream, Received, Reply, Text, ToolUse
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "openclaw"
 # The model's own tool_use id (the upstream's ids are random): the continued turn answers the call under it, while a

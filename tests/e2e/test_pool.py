@@ -14,6 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from maxproxy.bench.daemon import daemon, processes_in
+from maxproxy.bench.upstream import FakeUpstream, Reply
 from maxproxy.bus import Alert, TurnEnd
 from maxproxy.claude.events import StreamEvent
 from maxproxy.pool import Pool
@@ -21,9 +23,7 @@ from maxproxy.state import BUS, POOL
 
 from tests import sse
 from tests.conftest import Proxy, ProxyFactory, fake_cli, wait_for
-from tests.daemon import daemon, processes_in
 from tests.e2e import CHAT, HELLO, quiet
-from tests.fakes.upstream import FakeUpstream, Reply
 from tests.procs import alive, children
 
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import openai
 import pytest
+from maxproxy.bench.upstream import FakeUpstream, Reply, Text, Thinking, ToolUse
 from openai.types.responses import FunctionToolParam
 
 from tests.conftest import Proxy
 from tests.e2e.test_tools import calls, result_text, tool_results
-from tests.fakes.upstream import FakeUpstream, Reply, Text, Thinking, ToolUse
 
 MODEL = "claude-sonnet-4"
 WEATHER: FunctionToolParam = {

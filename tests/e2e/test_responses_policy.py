@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from maxproxy.bench.upstream import FakeUpstream, Reply, plan_limit
 
 from tests.conftest import Proxy, ProxyFactory
 from tests.e2e.test_keys import keyed
-from tests.fakes.upstream import FakeUpstream, Reply, plan_limit
 
 MODEL = "claude-sonnet-4"
 PROTOCOLS = ["chat", "responses"]

@@ -10,11 +10,11 @@ import signal
 from pathlib import Path
 
 import aiohttp
+from maxproxy.bench.daemon import daemon, processes_in
+from maxproxy.bench.upstream import FakeUpstream
 
 from tests.conftest import ProxyFactory
-from tests.daemon import daemon, processes_in
 from tests.e2e import CHAT, HELLO
-from tests.fakes.upstream import FakeUpstream
 
 
 async def test_api_keys_are_required_when_configured(cli_env: Path, start_proxy: ProxyFactory) -> None:

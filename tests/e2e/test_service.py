@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from maxproxy.bench.daemon import daemon
 from maxproxy.settings import PROJECT_CLI
 
 from tests.conftest import wait_for
-from tests.daemon import daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,14 +15,14 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from maxproxy.bench.daemon import daemon
+from maxproxy.bench.upstream import FakeUpstream, Reply
 from maxproxy.pool import Pool
 from maxproxy.state import POOL, SESSIONS
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import Proxy, ProxyFactory, wait_for
-from tests.daemon import daemon
 from tests.e2e import CHAT
-from tests.fakes.upstream import FakeUpstream, Reply
 
 
 def pool_of(proxy: Proxy) -> Pool:

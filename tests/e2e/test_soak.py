@@ -15,12 +15,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from maxproxy.bench.upstream import FakeUpstream, Received, Reply
 from maxproxy.state import POOL
 
 from tests import sse
 from tests.conftest import ProxyFactory, wait_for
 from tests.e2e import CHAT, quiet
-from tests.fakes.upstream import FakeUpstream, Received, Reply
 from tests.procs import alive, children
 
 REQUESTS = 150

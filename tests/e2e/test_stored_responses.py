@@ -14,6 +14,7 @@ from typing import Any, cast
 import msgspec
 import openai
 import pytest
+from maxproxy.bench.upstream import FakeUpstream, Reply, ToolUse
 from maxproxy.state import SESSIONS
 from openai import AsyncOpenAI
 
@@ -22,7 +23,6 @@ from tests.e2e import quiet
 from tests.e2e.test_responses import MODEL, WEATHER
 from tests.e2e.test_sessions import pool_of, texts
 from tests.e2e.test_tools import calls, result_text, tool_results
-from tests.fakes.upstream import FakeUpstream, Reply, ToolUse
 
 
 async def settled(proxy: Proxy) -> None:

@@ -11,13 +11,13 @@ from typing import Any, cast
 
 import openai
 import pytest
+from maxproxy.bench.upstream import FakeUpstream, Reply, Thinking, ToolUse
 from openai.types.chat import ChatCompletionMessageFunctionToolCallParam as ToolCallParam
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params.response_format_json_schema import JSONSchema
 from pydantic import BaseModel
 
 from tests.conftest import Proxy, ProxyFactory
-from tests.fakes.upstream import FakeUpstream, Reply, Thinking, ToolUse
 
 MODEL = "claude-sonnet-4"
 ADA = '{"name": "Ada", "age": 36}'

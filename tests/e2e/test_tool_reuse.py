@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from maxproxy.bench.upstream import FakeUpstream, Received, Reply, ToolUse
 from maxproxy.state import POOL
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from tests import sse
 from tests.conftest import ProxyFactory, wait_for
 from tests.e2e.test_tools import MODEL, TIME, WEATHER, calls, follow_up, function, result_text, tool_results
-from tests.fakes.upstream import FakeUpstream, Received, Reply, ToolUse
 
 STOCK = function("get_stock", "Share price of a company", ticker="string")
 KEYS = ["sk-tools-one-0001", "sk-tools-two-0002"]

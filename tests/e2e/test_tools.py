@@ -8,13 +8,13 @@ import json
 import re
 from typing import Any
 
+from maxproxy.bench.upstream import FakeUpstream, Received, Reply, Text, ToolUse
 from maxproxy.pool import Pool
 from maxproxy.state import POOL
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam, ChatCompletionToolParam
 
 from tests import sse
 from tests.conftest import Proxy, ProxyFactory, wait_for
-from tests.fakes.upstream import FakeUpstream, Received, Reply, Text, ToolUse
 
 MODEL = "claude-sonnet-4"
 

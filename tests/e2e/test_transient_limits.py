@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from maxproxy.bench.upstream import FakeUpstream, Reply
+
 from tests.conftest import Proxy
 from tests.e2e import CHAT
-from tests.fakes.upstream import FakeUpstream, Reply
 
 
 async def ask(proxy: Proxy, model: str) -> tuple[int, dict[str, str], Any]:

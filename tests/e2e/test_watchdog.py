@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from maxproxy.bench.upstream import FakeUpstream, Reply
 from maxproxy.pool import Pool
 from maxproxy.state import POOL
 
 from tests.conftest import Proxy, ProxyFactory, wait_for
 from tests.e2e import CHAT, HELLO
-from tests.fakes.upstream import FakeUpstream, Reply
 
 BODY = {"model": "claude-sonnet-4", "messages": HELLO}
 

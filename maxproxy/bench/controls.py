@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from tests.daemon import daemon
+
+from maxproxy.bench.daemon import daemon
 
 MODEL = "claude-sonnet-4"
 TICKS = os.sysconf("SC_CLK_TCK")

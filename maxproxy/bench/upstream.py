@@ -1,4 +1,5 @@
-"""A fake Anthropic Messages API on 127.0.0.1 that the real Claude Code CLI talks to in tests.
+"""A fake Anthropic Messages API on 127.0.0.1 that the real Claude Code CLI talks to in tests and in
+`make bench`.
 
 Each test scripts the answers: `upstream.push(Reply(...))` queues the answer to the next `POST /v1/messages`; when the
 queue is empty the default reply is used. A reply is streamed text (with per-delta delays), thinking, `tool_use`

@@ -34,13 +34,13 @@ from typing import Protocol
 
 import aiohttp
 import msgspec
+
+from maxproxy.bench import controls
+from maxproxy.bench.daemon import daemon
+from maxproxy.bench.floor import WarmCLI
+from maxproxy.bench.upstream import FakeUpstream, Received, Reply, Text, ToolUse
 from maxproxy.claude import command
 from maxproxy.settings import Settings
-from tests.daemon import daemon
-from tests.fakes.upstream import FakeUpstream, Received, Reply, Text, ToolUse
-
-from bench import controls
-from bench.floor import WarmCLI
 
 TOKENS, DELAY = 50, 0.010
 CONCURRENCY = (1, 4, 8)
