@@ -123,9 +123,7 @@ async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = app[POOL] = Pool(app[SETTINGS], app[BUS], app[MODELS])
-    metrics = app[METRICS]
-    pool.on_wait = lambda family, seconds: metrics.queue_wait.labels(family).observe(seconds)
-    metrics.watch(pool, app[BREAKER])
+    app[METRICS].watch(pool, app[BREAKER])
     await pool.start()
     yield
     await pool.close()
@@ -165,14 +163,9 @@ def create_app(settings: Settings) -> web.Application:
     app[INFLIGHT] = Inflight()
     app[KEYS] = Keyring(settings)
     app[BUS] = Bus()
-    app[BREAKER] = breaker = Breaker(settings)
-    bus = app[BUS]
-    breaker.listeners.append(
-        lambda what, trip: bus.announce(
-            Alert("breaker", f"subscription breaker {what} for {trip.scope} models: {trip.reason}")
-        )
-    )
+    app[BREAKER] = Breaker(settings, app[BUS])
     app[METRICS] = Metrics(set(settings.model_table))
+    app[BUS].listen(app[METRICS].observe)
     app[CLI] = CliStatus(path=settings.cli_path, error="starting")
     app[MODELS] = Catalog(settings)
     app.cleanup_ctx.extend(

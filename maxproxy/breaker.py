@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from maxproxy import errors
+from maxproxy.bus import Alert, Bus
 from maxproxy.claude.events import RateLimitInfo, Result
 from maxproxy.settings import Settings
 
@@ -50,10 +51,10 @@ class Trip:
 
 
 class Breaker:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, bus: Bus) -> None:
         self.settings = settings
+        self.bus = bus  # where opening and closing are announced (the notifier)
         self._open: dict[str, Trip] = {}
-        self.listeners: list[Callable[[str, Trip], None]] = []  # ("opened" | "closed", trip): the notifier's hook
         self.trips = 0
         self.clock: Callable[[], float] = time.time  # epoch seconds (tests move it instead of waiting)
 
@@ -109,11 +110,7 @@ class Breaker:
         self._tell("opened", trip)
 
     def _tell(self, what: str, trip: Trip) -> None:
-        for listener in self.listeners:
-            try:
-                listener(what, trip)
-            except Exception:  # a listener's bug must not break requests
-                log.exception("breaker_listener_failed")
+        self.bus.announce(Alert("breaker", f"subscription breaker {what} for {trip.scope} models: {trip.reason}"))
 
 
 def plan_limit_event(info: RateLimitInfo | None) -> bool:

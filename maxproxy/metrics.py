@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from maxproxy.breaker import Breaker
+from maxproxy.bus import Item, QueueWait
 from maxproxy.pool import Pool
 from maxproxy.turns.messages import Usage
 
@@ -73,6 +74,11 @@ class Metrics:
         self.tokens.labels(key, model, "cached").inc(cached)
         self.tokens.labels(key, model, "output").inc(usage.completion_tokens)
         self.cost.labels(key, model).inc(cost_usd)
+
+    def observe(self, item: Item) -> None:
+        """A bus listener: what the pool reports as it happens."""
+        if isinstance(item, QueueWait):
+            self.queue_wait.labels(item.family).observe(item.seconds)
 
     def watch(self, pool: Pool, breaker: Breaker) -> None:
         """Read the pool's and the breaker's state at every scrape."""

@@ -28,14 +28,14 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from maxproxy import errors, tools
-from maxproxy.bus import Alert, Bus, TurnEnd, TurnRef
+from maxproxy.bus import Alert, Bus, QueueWait, TurnEnd, TurnRef
 from maxproxy.claude.command import Launch, Options
 from maxproxy.claude.events import TurnEvent
 from maxproxy.claude.worker import CONTROL_TIMEOUT, Watchdog, Worker
@@ -86,6 +86,20 @@ class ResumeFailed(errors.CLIUnavailable):
     """A worker could not be started on a recorded CLI session (transcript gone or unreadable)."""
 
 
+class _Tap:
+    """Where a worker's turn events go: the bus, under the turn it is lent for (nowhere between turns)."""
+
+    __slots__ = ("bus", "ref")
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.ref: TurnRef | None = None
+
+    def __call__(self, event: TurnEvent) -> None:
+        if self.ref is not None:
+            self.bus.publish(self.ref, event)
+
+
 class _Waiter:
     __slots__ = ("family", "future", "tag")
 
@@ -114,6 +128,7 @@ class Pool:
         self.models = models if models is not None else settings.model_table  # the served table (`catalog`)
         self.bus = bus or Bus()
         self._live: set[Worker] = set()  # processes counted against max_workers: idle, lent, being taken back
+        self._taps: dict[Worker, _Tap] = {}
         self._idle: dict[Launch, list[Worker]] = {}
         self._held: dict[str, Worker] = {}  # idle workers that still hold a conversation, by conversation id
         self._starting: dict[asyncio.Task[Worker | errors.ProxyError], _Start] = {}
@@ -125,7 +140,6 @@ class Pool:
         self._queued: collections.Counter[str] = collections.Counter()
         self._served: dict[str, float] = {}  # family → the tag served last (the fair queue's clock)
         self._tags: dict[tuple[str, str], float] = {}  # (family, key) → the key's latest tag
-        self.on_wait: Callable[[str, float], None] | None = None  # (family, seconds waited for a slot): metrics
         self._turn_seconds: dict[str, float] = {}
         self._failures = 0
         self._backoff_until = 0.0
@@ -286,7 +300,7 @@ class Pool:
                 worker=worker.name,
                 key=key,
             )
-            worker.tap = lambda event: self.bus.publish(ref, event)
+            self._taps[worker].ref = ref
             lease = Lease(worker)
             yield lease
         finally:
@@ -343,8 +357,7 @@ class Pool:
         if self._can_run(family) and not any(w.family == family for w in self._waiters):
             self._take_slot(family)
             self._served[family] = self._tag(family, key)
-            if self.on_wait is not None:
-                self.on_wait(family, 0.0)
+            self.bus.note(QueueWait(family, 0.0))
             return
         if self._queued[family] >= self.settings.queue_max:
             raise errors.RateLimited(
@@ -359,8 +372,7 @@ class Pool:
         try:
             async with asyncio.timeout(self.settings.queue_timeout):
                 await waiter.future
-            if self.on_wait is not None:
-                self.on_wait(family, time.monotonic() - queued)
+            self.bus.note(QueueWait(family, time.monotonic() - queued))
         except BaseException as exc:
             granted = waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None
             if not granted and waiter in self._waiters:
@@ -476,7 +488,7 @@ class Pool:
             self.bus.announce(Alert("crash_loop", text[:500]))
 
     def _hold(self, worker: Worker, conversation: str) -> None:
-        worker.rest()
+        self._rest(worker)
         previous = self._held.pop(conversation, None)
         if previous is not None:
             self._retire(previous, "superseded")
@@ -525,15 +537,21 @@ class Pool:
             else:
                 self._park(worker)
 
+    def _rest(self, worker: Worker) -> None:
+        worker.rest()
+        if (tap := self._taps.get(worker)) is not None:
+            tap.ref = None
+
     def _park(self, worker: Worker) -> None:
         self._settled.set()
         self._notify()
-        worker.rest()
+        self._rest(worker)
         launch = worker.launch or Launch(model="")
         self._idle.setdefault(launch, []).append(worker)
 
     def _retire(self, worker: Worker, reason: str) -> None:
         self._live.discard(worker)
+        self._taps.pop(worker, None)
         for conversation, held in list(self._held.items()):
             if held is worker:
                 del self._held[conversation]
@@ -700,11 +718,13 @@ class Pool:
         """Start a worker: handed to the request that owns the start, else parked idle. The start-up error, if any,
         is returned (for the request that wanted the worker) rather than raised."""
         try:
-            worker = await Worker.start(self.settings, launch, resume=resume)
+            tap = _Tap(self.bus)
+            worker = await Worker.start(self.settings, launch, resume=resume, observe=tap)
         except errors.ProxyError as exc:
             if resume is None:  # a session that cannot be resumed says nothing about the CLI's health
                 self._start_failed(exc)
             return exc
+        self._taps[worker] = tap
         self._adopt(worker)
         if owned:
             return worker  # its request is in flight: it gets the worker, draining or not

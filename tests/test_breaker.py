@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from maxproxy import breaker, errors, reply
-from maxproxy.breaker import Breaker, Trip
+from maxproxy.breaker import Breaker
+from maxproxy.bus import Alert, Bus, Item
 from maxproxy.claude.events import RateLimitInfo, Result, decode
 
 from tests.conftest import make_settings
@@ -37,10 +38,17 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return fake
 
 
-def make(tmp_path: Path, **overrides: Any) -> tuple[Breaker, list[tuple[str, Trip]]]:
-    b = Breaker(make_settings(tmp_path, **overrides))
-    told: list[tuple[str, Trip]] = []
-    b.listeners.append(lambda what, trip: told.append((what, trip)))
+def make(tmp_path: Path, bus: Bus | None = None, **overrides: Any) -> tuple[Breaker, list[tuple[str, str]]]:
+    """A breaker and what it announced on the bus: ("opened" | "closed", the alert's text)."""
+    bus = bus or Bus()
+    b = Breaker(make_settings(tmp_path, **overrides), bus)
+    told: list[tuple[str, str]] = []
+
+    def heard(item: Item) -> None:
+        if isinstance(item, Alert) and item.kind == "breaker":
+            told.append((item.text.split()[2], item.text))
+
+    bus.listen(heard)
     return b, told
 
 
@@ -167,17 +175,19 @@ def test_state_closes_a_trip_whose_time_passed(tmp_path: Path, clock: Clock) -> 
     assert b.state() == [trip]
     clock.now += 1
     assert b.state() == []
-    assert told == [("opened", trip), ("closed", trip)]
+    assert [what for what, _ in told] == ["opened", "closed"]
+    assert all(f"for all models: {trip.reason}" in text for _, text in told)
     b.check("sonnet")
 
 
-def test_a_failing_listener_does_not_stop_the_others(tmp_path: Path, clock: Clock) -> None:
-    b, told = make(tmp_path)
+def test_a_failing_bus_listener_does_not_stop_the_others(tmp_path: Path, clock: Clock) -> None:
+    bus = Bus()
 
-    def broken(what: str, trip: Trip) -> None:
+    def broken(item: Item) -> None:
         raise RuntimeError("listener bug")
 
-    b.listeners.insert(0, broken)
+    bus.listen(broken)  # called first
+    b, told = make(tmp_path, bus)
     b.observe("sonnet", rejected(), None)
     assert [what for what, _ in told] == ["opened"]
 

@@ -151,7 +151,12 @@ class _Pipes(asyncio.SubprocessProtocol):
 
 class Worker:
     def __init__(
-        self, transport: asyncio.SubprocessTransport, pipes: _Pipes, settings: Settings, launch: command.Launch | None
+        self,
+        transport: asyncio.SubprocessTransport,
+        pipes: _Pipes,
+        settings: Settings,
+        launch: command.Launch | None,
+        observe: Callable[[TurnEvent], None] | None = None,
     ) -> None:
         self.transport = transport
         self.pipes = pipes
@@ -169,7 +174,7 @@ class Worker:
         self._cost_total = 0.0
         self.last_activity = time.monotonic()
         self.idle_since = time.monotonic()
-        self.tap: Callable[[TurnEvent], None] | None = None  # sees every turn event (the pool's event bus)
+        self._observe = observe  # sees every turn event (its owner's way to the event bus)
         self.info: dict[str, Any] = {}  # the `initialize` answer: version, account, models, ...
         self._options = command.Options()
         self.session_id: str | None = None  # the CLI's session (its transcript), as its events report it
@@ -194,7 +199,12 @@ class Worker:
 
     @classmethod
     async def start(
-        cls, settings: Settings, launch: command.Launch | None = None, *, resume: str | None = None
+        cls,
+        settings: Settings,
+        launch: command.Launch | None = None,
+        *,
+        resume: str | None = None,
+        observe: Callable[[TurnEvent], None] | None = None,
     ) -> Worker:
         """Start a process and wait until it answers `initialize` (which also fixes its system prompt, if any);
         with `resume`, the process continues that CLI session from its transcript."""
@@ -217,7 +227,7 @@ class Worker:
                 f"Cannot start the Claude Code CLI at {settings.cli_path!r} ({exc.strerror}). "
                 "Run `make install`, or set MAXPROXY_CLAUDE_PATH to the `claude` executable."
             ) from None
-        worker = cls(transport, pipes, settings, launch)
+        worker = cls(transport, pipes, settings, launch, observe)
         if resume is not None:
             worker.session_id = resume
             worker._replayed = True  # its history was not written by this worker: it cannot rewind it
@@ -258,8 +268,7 @@ class Worker:
         return 0
 
     def rest(self) -> None:
-        """Between turns: no one taps its events, and its idle time starts now."""
-        self.tap = None
+        """Between turns: its idle time starts now."""
         self.idle_since = time.monotonic()
 
     def stop(self) -> asyncio.Task[None]:
@@ -640,10 +649,10 @@ class Worker:
         return line
 
     async def _turn_event(self) -> TurnEvent | None:
-        """The next event of the running turn, shown to the tap; the `Result` ends the turn."""
+        """The next event of the running turn, shown to the observer; the `Result` ends the turn."""
         event = await self.next_event()
-        if event is not None and self.tap is not None:
-            self.tap(event)
+        if event is not None and self._observe is not None:
+            self._observe(event)
         if isinstance(event, Result):
             self.in_turn = False
             self.tools.pending.clear()  # whatever still waited, the turn is over
