@@ -225,7 +225,7 @@ async def test_start_up_kills_workers_a_crashed_maxproxy_left(tmp_path: Path, st
         start_new_session=True,
     )
     try:
-        from maxproxy.pool import _start_time
+        from maxproxy.pool.pool import _start_time
 
         await wait_for(lambda: bool(_start_time(orphan.pid)))
         registry = tmp_path / "state" / "workers"
