@@ -122,7 +122,8 @@ async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    pool = app[POOL] = Pool(app[SETTINGS], app[BUS], app[MODELS])
+    catalog: Catalog = app[MODELS]
+    pool = app[POOL] = Pool(app[SETTINGS], app[BUS], catalog)
     app[METRICS].watch(pool, app[BREAKER])
     await pool.start()
     yield
@@ -139,7 +140,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
-    sessions = app[SESSIONS] = Sessions(app[SETTINGS], app[STORE], app[POOL], app[MODELS])
+    catalog: Catalog = app[MODELS]
+    sessions = app[SESSIONS] = Sessions(app[SETTINGS], app[STORE], app[POOL], catalog)
     async with _running(sessions.run_sweeps(), "session-sweeps"):
         yield
     await sessions.drain()  # a turn still being recorded finishes before the store closes
@@ -149,8 +151,12 @@ async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
     ledger = app[LEDGER] = Ledger(UsageStore(app[STORE]))
     await ledger.load()
     app[QUOTAS] = Quotas(ledger)
-    async with _running(ledger.run(), "usage-writer"):
-        yield
+    stop_listening = app[BUS].listen(ledger.observe)  # each turn's usage, counted before its response ends
+    try:
+        async with _running(ledger.run(), "usage-writer"):
+            yield
+    finally:
+        stop_listening()
     await ledger.flush()
 
 
@@ -166,10 +172,12 @@ def create_app(settings: Settings) -> web.Application:
     app[BREAKER] = Breaker(settings, app[BUS])
     app[METRICS] = Metrics(set(settings.model_table))
     app[BUS].listen(app[METRICS].observe)
+    app[BUS].listen(app[BREAKER].hear)  # open before the next request is admitted
     app[CLI] = CliStatus(path=settings.cli_path, error="starting")
     app[MODELS] = Catalog(settings)
     app.cleanup_ctx.extend(
-        [_keys_ctx, _notifier_ctx, _cli_ctx, _models_ctx, _pool_ctx, _store_ctx, _sessions_ctx, _usage_ctx]
+        # Torn down in reverse: sessions drain (turns still being recorded) before usage flushes and the store closes.
+        [_keys_ctx, _notifier_ctx, _cli_ctx, _models_ctx, _pool_ctx, _store_ctx, _usage_ctx, _sessions_ctx]
     )
     app.add_routes(routes)
     return app

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from maxproxy import errors
-from maxproxy.bus import Alert, Bus
+from maxproxy.bus import Alert, Bus, Item, TurnSettled
 from maxproxy.claude.events import RateLimitInfo, Result
 from maxproxy.settings import Settings
 
@@ -97,6 +97,12 @@ class Breaker:
                 self._trip(scope, reset, text.strip())
             elif result.api_error_status in (400, 403) and _EXTRA_USAGE.search(text):
                 self._trip(ALL, reset, f"the upstream refused the request: {text.strip()}")
+
+    def hear(self, item: Item) -> None:
+        """A bus listener: every CLI turn of every settled turn is observed, a turn that used nothing included."""
+        if isinstance(item, TurnSettled):
+            for cli_turn in item.cli_turns:
+                self.observe(item.family, cli_turn.rate_limit, cli_turn.result)
 
     def _trip(self, scope: str, reset: float | None, reason: str) -> None:
         now = self.clock()

@@ -1,8 +1,9 @@
-"""The event bus, the one way to observe turns and the pool: every turn's decoded CLI events, the pool's
-observations (time waited for a slot) and operator alerts fan out to whoever watches. A listener (metrics, the
-breaker) is called in the publisher's own step, so what it records is in place before the request goes on; it must be
-quick and never raises into the publisher. A subscriber (the Telegram notifier) has a bounded queue, filled only with
-the turn items it accepts, so it never slows a turn; when the queue is full the item is dropped and counted.
+"""The event bus, the one way to observe turns and the pool: every turn's decoded CLI events, observations (time waited
+for a slot; what a turn used and how its CLI turns ended) and operator alerts fan out to whoever watches. A listener
+(metrics, the usage ledger, the breaker) is called in the publisher's own step, so what it records is in place before
+the request goes on; it must be quick and never raises into the publisher. A subscriber (the Telegram notifier) has a
+bounded queue, filled only with the turn items it accepts, so it never slows a turn; when the queue is full the item is
+dropped and counted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 import structlog
 
-from maxproxy.claude.events import TurnEvent
+from maxproxy.claude.events import RateLimitInfo, Result, TurnEvent
 
 log = structlog.get_logger("maxproxy.bus")
 
@@ -44,13 +45,44 @@ class Alert(msgspec.Struct, frozen=True):
 
 
 class QueueWait(msgspec.Struct, frozen=True):
-    """A request got its slot (or gave up) after waiting this long in the admission queue."""
+    """A request got its slot after waiting this long in the admission queue (0 when it did not wait)."""
 
     family: str
     seconds: float
 
 
-Observation = QueueWait
+class CliTurn(msgspec.Struct, frozen=True):
+    """How one CLI turn of an answer ended: its last rate-limit state and its result (None when it had none)."""
+
+    rate_limit: RateLimitInfo | None
+    result: Result | None
+
+
+class TurnSettled(msgspec.Struct, frozen=True, kw_only=True):
+    """A turn's accounting, published once when it ends (whatever happened, a cancelled request included): what it
+    used over all its CLI turns (a structured answer asked for again has more than one) and how each of them ended."""
+
+    key: str  # the API key's name
+    model: str
+    family: str
+    input_tokens: int  # prompt tokens not read from the cache (cache writes included, as the usage rows count them)
+    cached_tokens: int  # prompt tokens read from the cache
+    cache_creation_tokens: int  # of `input_tokens`, those written to the cache
+    output_tokens: int
+    cost_usd: float  # as the CLI reports it (0 when no CLI turn ended with a result)
+    cli_turns: tuple[CliTurn, ...]
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.cached_tokens + self.output_tokens
+
+    @property
+    def spent(self) -> bool:
+        """Anything to count (a turn that used nothing is not a usage row, nor a metric)."""
+        return bool(self.total_tokens or self.cost_usd)
+
+
+Observation = QueueWait | TurnSettled
 Entry = tuple[TurnRef, TurnEvent | TurnEnd] | Alert  # what a subscriber's queue gets
 Item = Entry | Observation  # what a listener gets
 Accept = Callable[[TurnEvent | TurnEnd], bool]
@@ -125,5 +157,6 @@ class Bus:
             subscription._offer(alert)
 
     def note(self, observation: Observation) -> None:
-        """An observation of the pool, for listeners only (subscribers get turn items and alerts)."""
+        """An observation of the pool or of a turn's accounting, for listeners only (subscribers get turn items and
+        alerts)."""
         self._tell(observation)

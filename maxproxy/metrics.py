@@ -14,9 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from maxproxy.breaker import Breaker
-from maxproxy.bus import Item, QueueWait
+from maxproxy.bus import Item, QueueWait, TurnSettled
 from maxproxy.pool import Pool
-from maxproxy.turns.messages import Usage
 
 if TYPE_CHECKING:
     from maxproxy.state import Access
@@ -67,18 +66,19 @@ class Metrics:
             if access.ttft_ms is not None:
                 self.ttft.labels(model).observe(access.ttft_ms / 1000)
 
-    def used(self, key: str, model: str, usage: Usage, cost_usd: float) -> None:
-        model = model if model in self.models else "other"
-        cached = usage.prompt_tokens_details.cached_tokens
-        self.tokens.labels(key, model, "input").inc(usage.prompt_tokens - cached)
-        self.tokens.labels(key, model, "cached").inc(cached)
-        self.tokens.labels(key, model, "output").inc(usage.completion_tokens)
-        self.cost.labels(key, model).inc(cost_usd)
-
     def observe(self, item: Item) -> None:
-        """A bus listener: what the pool reports as it happens."""
+        """A bus listener: what the pool and the turns report as it happens."""
         if isinstance(item, QueueWait):
             self.queue_wait.labels(item.family).observe(item.seconds)
+        elif isinstance(item, TurnSettled) and item.spent:
+            self._used(item)
+
+    def _used(self, turn: TurnSettled) -> None:
+        key, model = turn.key, turn.model if turn.model in self.models else "other"
+        self.tokens.labels(key, model, "input").inc(turn.input_tokens)
+        self.tokens.labels(key, model, "cached").inc(turn.cached_tokens)
+        self.tokens.labels(key, model, "output").inc(turn.output_tokens)
+        self.cost.labels(key, model).inc(turn.cost_usd)
 
     def watch(self, pool: Pool, breaker: Breaker) -> None:
         """Read the pool's and the breaker's state at every scrape."""

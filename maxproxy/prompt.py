@@ -74,12 +74,10 @@ class Turn:
     results: dict[str, str] | None = None  # tool results for the waiting turn this request goes on with, by call id
 
 
-def build(
-    request: TurnRequest, settings: Settings, *, start: int = 0, models: Mapping[str, Model] | None = None
-) -> Turn:
+def build(request: TurnRequest, settings: Settings, models: Mapping[str, Model], *, start: int = 0) -> Turn:
     """The turn for `request`; with `start`, only messages[start:] (a continuation: the CLI holds the rest). `models`
-    is the served model table (the app's `catalog.Catalog`); None: the configured one (tests that need no CLI)."""
-    model = (settings.model_table if models is None else models).get(request.model)
+    is the served model table (the app's `catalog.Catalog`)."""
+    model = models.get(request.model)
     if model is None:
         raise errors.ModelNotFound(
             f"The model {request.model!r} does not exist; GET /v1/models lists the models maxproxy serves",

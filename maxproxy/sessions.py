@@ -79,9 +79,9 @@ def launch_key(launch: Launch) -> str:
 
 
 class Sessions:
-    def __init__(self, settings: Settings, store: Store, pool: Pool, models: Mapping[str, Model] | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store, pool: Pool, models: Mapping[str, Model]) -> None:
         self.settings = settings
-        self.models = models  # the served model table (None: the configured one)
+        self.models = models  # the served model table (`catalog.Catalog`)
         self.store = store
         self.responses = ResponseStore(store)  # the Responses API's stored responses: same database, same TTL
         self.pool = pool
@@ -154,7 +154,7 @@ class Sessions:
         if found is not None and not continuing and self.pool.waiting(found.id):
             self.pool.forget(found.id)  # its turn waits for results that will not come: free the worker
         if found is not None and continuing:
-            turn = prompt.build(chat, self.settings, start=parts.known, models=self.models)
+            turn = prompt.build(chat, self.settings, self.models, start=parts.known)
             resume = found.session_id if found.resumable else None
             return Plan(record=found, turn=turn, split=parts, continuing=True, resume=resume)
         record = found if found is not None and identity.name is not None else None
@@ -184,7 +184,7 @@ class Sessions:
         """The worker's CLI session now belongs to this conversation: one it held before can no longer resume it
         (a reclaimed worker was rewound; its session's transcript goes on with this conversation)."""
         self._running.add(plan.record.id)
-        session = lease.worker.session_id
+        session = lease.session_id
         if session is not None and session != plan.record.session_id:
             await self.store.disown(session, keep=plan.record.id)
 
@@ -223,15 +223,17 @@ class Sessions:
         if record.id in self._deleted:
             return
         record.head = chain([canonical(answer)], chain(plan.split.canonicals))
-        record.session_id = lease.worker.session_id
-        record.resumable = record.session_id is not None and not lease.worker.waiting
+        waiting = lease.waiting  # read before the awaits: a request cancelled meanwhile has released its lease
+        record.session_id = lease.session_id
+        record.resumable = record.session_id is not None and not waiting
         record.turns += 1
         record.last_used = time.time()
         await self.store.save(record)
         if record.session_id is not None:
             await self.store.disown(record.session_id, keep=record.id)
-        lease.keep(record.id)
-        if lease.worker.waiting:
+        if not lease.released:  # else the worker went back while this was written: nothing to keep
+            lease.keep(record.id)
+        if waiting:
             calls = frozenset(call.id for call in answer.tool_calls or [])
             self._waiting[record.id] = _Waiting(
                 record.id, record.public_id, record.owner, record.name, record.launch, plan.split.system, calls

@@ -2,8 +2,9 @@
 added to the API key's row for that model and UTC day in the store, and kept summed in memory for the keys' token
 budgets. A turn that stops at tool calls counts its model calls in the answer that handed the calls over; the answer
 that finishes the turn counts its own calls and the turn's cost (the CLI reports the cost once, for the whole turn).
-Rows are written by one writer task, off the request path (`note`); `flush` writes what is pending (on reads of the
-usage and at shutdown).
+Each turn's usage comes as a bus observation (`observe`, `bus.TurnSettled`) and is counted in the publisher's step;
+rows are written by one writer task, off the request path; `flush` writes what is pending (on reads of the usage and
+at shutdown).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import datetime as dt
 
 import structlog
 
+from maxproxy.bus import Item, TurnSettled
 from maxproxy.store import UsageRow, UsageStore
 from maxproxy.turns.messages import Usage
 
@@ -53,15 +55,25 @@ class Ledger:
     def note(self, key: str, model: str, usage: Usage, cost_usd: float, *, request: bool = True) -> None:
         """Count an answer's usage now (budgets see it at once); the writer task stores it."""
         cached = usage.prompt_tokens_details.cached_tokens
+        input_tokens, output_tokens = usage.prompt_tokens - cached, usage.completion_tokens
+        self._add(key, model, int(request), input_tokens, cached, output_tokens, cost_usd)
+
+    def observe(self, item: Item) -> None:
+        """A bus listener: every turn that used something is counted as one request."""
+        if isinstance(item, TurnSettled) and item.spent:
+            tokens = (item.input_tokens, item.cached_tokens, item.output_tokens)
+            self._add(item.key, item.model, 1, *tokens, item.cost_usd)
+
+    def _add(self, key: str, model: str, requests: int, input_: int, cached: int, output: int, cost: float) -> None:
         row = UsageRow(
             day=today().isoformat(),
             key=key,
             model=model,
-            requests=int(request),
-            input_tokens=usage.prompt_tokens - cached,
+            requests=requests,
+            input_tokens=input_,
             cached_tokens=cached,
-            output_tokens=usage.completion_tokens,
-            cost_usd=cost_usd,
+            output_tokens=output,
+            cost_usd=cost,
         )
         self._tokens[(key, row.day)] += row.total_tokens
         self._pending.append(row)

@@ -14,7 +14,8 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAh
 
 
 def build(body: dict[str, Any], **settings: Any) -> prompt.Turn:
-    return prompt.build(to_turn(decode(msgspec.json.encode(body))), Settings(**settings))
+    config = Settings(**settings)
+    return prompt.build(to_turn(decode(msgspec.json.encode(body))), config, config.model_table)
 
 
 def request(*messages: dict[str, Any], **extra: Any) -> dict[str, Any]:

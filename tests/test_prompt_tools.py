@@ -21,7 +21,8 @@ WEATHER = {
 
 
 def build(body: dict[str, Any], *, start: int = 0, **settings: Any) -> prompt.Turn:
-    return prompt.build(to_turn(decode(msgspec.json.encode(body))), Settings(**settings), start=start)
+    config = Settings(**settings)
+    return prompt.build(to_turn(decode(msgspec.json.encode(body))), config, config.model_table, start=start)
 
 
 def request(*messages: dict[str, Any], **extra: Any) -> dict[str, Any]:

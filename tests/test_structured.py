@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from maxproxy import errors
+from maxproxy.bus import Bus
 from maxproxy.claude.events import TurnEvent
 from maxproxy.keys import LOCAL
 from maxproxy.settings import Settings
@@ -148,10 +149,12 @@ async def run(
     scripts: list[Sequence[TurnEvent | Exception | None]], *, stream: bool = True, output: OutputSchema = OUTPUT
 ) -> tuple[list[Event], StructuredFakes]:
     fakes = StructuredFakes(scripts)
-    metrics = type("Metrics", (), {"used": fakes.used_})()
+    bus = Bus()
+    bus.listen(fakes.hear)
     cli = type("Cli", (), {"path": "claude", "api_key_source": None, "logged_in": True})()
-    parts: dict[str, Any] = {"pool": fakes, "sessions": fakes, "quotas": fakes, "breaker": fakes, "ledger": fakes}
-    core = Core(settings=Settings(), cli=cli, bus=cast(Any, None), metrics=metrics, **parts)
+    parts: dict[str, Any] = {"pool": fakes, "sessions": fakes, "quotas": fakes, "breaker": fakes}
+    settings = Settings()
+    core = Core(settings=settings, cli=cli, bus=bus, models=settings.model_table, **parts)
     request = TurnRequest(
         model="claude-sonnet-4", messages=[UserMessage(content="hi")], stream=stream, output_schema=output
     )
@@ -177,7 +180,9 @@ async def test_an_invalid_answer_is_asked_for_again_on_the_same_lease() -> None:
     [correction] = second
     assert "'pets' is a required property" in correction["message"]["content"][0]["text"]
     assert fakes.settled[0].content == VALID  # the conversation records the JSON the client got
-    assert fakes.used == [outcome.usage]  # accounted once, for both
+    [settled] = fakes.used  # accounted once, for both
+    assert (settled.input_tokens + settled.cached_tokens, settled.output_tokens) == (20, 8)
+    assert len(settled.cli_turns) == 2  # the breaker reads each CLI turn
 
 
 async def test_still_invalid_raises() -> None:

@@ -7,15 +7,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from maxproxy import errors
+from maxproxy.bus import Bus, Item, TurnSettled
 from maxproxy.claude.events import TurnEvent
 from maxproxy.keys import LOCAL
 from maxproxy.settings import Settings
 from maxproxy.turns.core import Caller, Core, Event, Keepalive, Outcome, TextDelta, ToolCallEvent
-from maxproxy.turns.messages import TurnRequest, Usage, UserMessage
+from maxproxy.turns.messages import TurnRequest, UserMessage
 
 from tests.test_reply_tools import accepted, result, start, stop, text, tool_use
 
@@ -49,12 +50,33 @@ class FakeLease:
     async def interrupt(self) -> None:
         self.worker.interrupted = True
 
+    # what a `Lease` shows of its worker
+    @property
+    def in_turn(self) -> bool:
+        return self.worker.in_turn
+
+    @property
+    def waiting(self) -> bool:
+        return self.worker.waiting
+
+    @property
+    def interrupted(self) -> bool:
+        return self.worker.interrupted
+
+    @property
+    def turn_cost(self) -> float:
+        return self.worker.turn_cost
+
+    @property
+    def session_id(self) -> str | None:
+        return self.worker.session_id
+
 
 @dataclass
 class Fakes:
     script: Sequence[TurnEvent | Exception | None]
     settled: list[Any] = field(default_factory=list)
-    used: list[Usage] = field(default_factory=list)
+    used: list[TurnSettled] = field(default_factory=list)  # what the bus heard
 
     # pool
     @contextlib.asynccontextmanager
@@ -76,7 +98,7 @@ class Fakes:
     async def settle(self, plan: Any, lease: Any, answer: Any) -> None:
         self.settled.append(answer)
 
-    # quotas, breaker, metrics, ledger
+    # quotas, breaker
     def check_model(self, key: Any, model: str) -> None:
         pass
 
@@ -87,22 +109,20 @@ class Fakes:
     def check(self, family: str) -> None:
         pass
 
-    def observe(self, *_: Any) -> None:
-        pass
-
-    def used_(self, key: str, model: str, usage: Usage, cost: float) -> None:
-        self.used.append(usage)
-
-    def note(self, key: str, model: str, usage: Usage, cost: float) -> None:
-        pass
+    # the bus's listeners (the ledger, metrics, the breaker)
+    def hear(self, item: Item) -> None:
+        if isinstance(item, TurnSettled):
+            self.used.append(item)
 
 
 async def run(script: Sequence[TurnEvent | Exception | None], *, stream: bool = True) -> tuple[list[Event], Fakes]:
     fakes = Fakes(script)
-    metrics = type("Metrics", (), {"used": fakes.used_})()
+    bus = Bus()
+    bus.listen(fakes.hear)
     cli = type("Cli", (), {"path": "claude", "api_key_source": None, "logged_in": True})()
-    parts: dict[str, Any] = {"pool": fakes, "sessions": fakes, "quotas": fakes, "breaker": fakes, "ledger": fakes}
-    core = Core(settings=Settings(), cli=cli, bus=cast(Any, None), metrics=metrics, **parts)
+    parts: dict[str, Any] = {"pool": fakes, "sessions": fakes, "quotas": fakes, "breaker": fakes}
+    settings = Settings()
+    core = Core(settings=settings, cli=cli, bus=bus, models=settings.model_table, **parts)
     request = TurnRequest(model="claude-sonnet-4", messages=[UserMessage(content="hi")], stream=stream)
     turn = core.turn(request, Caller(key=LOCAL, owner="local", headers={}))
     got: list[Event] = []

@@ -22,6 +22,7 @@ from aiohttp import web
 from maxproxy import __version__, errors
 from maxproxy.api import stored_responses
 from maxproxy.api.sse import complete, relay
+from maxproxy.catalog import Catalog
 from maxproxy.metrics import CONTENT_TYPE
 from maxproxy.state import (
     ACCESS,
@@ -197,6 +198,7 @@ async def list_input_items(request: web.Request) -> web.Response:
 
 def _core(request: web.Request) -> Core:
     app = request.app
+    catalog: Catalog = app[MODELS]
     return Core(
         settings=app[SETTINGS],
         pool=app[POOL],
@@ -205,9 +207,7 @@ def _core(request: web.Request) -> Core:
         breaker=app[BREAKER],
         cli=app[CLI],
         bus=app[BUS],
-        metrics=app[METRICS],
-        ledger=app[LEDGER],
-        models=app[MODELS],
+        models=catalog,
     )
 
 

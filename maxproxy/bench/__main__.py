@@ -1,7 +1,7 @@
 """`make bench`: maxproxy with its warm pool against the direct cold CLI, on the fake upstream (50 tokens x 10 ms).
 
 The fake Anthropic upstream and the clients run in this process; maxproxy runs as its own process (`python -m
-maxproxy`, real pinned CLI), so that its CPU and memory are measured apart from its CLI workers'. Side by side, in one
+maxproxy`, real pinned CLI), so that its CPU and memory are measured apart from its CLI workers'. The cases, in one
 run: (a) the direct cold CLI, one `claude -p` stream-json process per request — the floor of any spawn-per-request
 proxy; (b) maxproxy: streaming time to first token p50/p95, non-streaming latency, throughput, at concurrency 1, 4
 and 8, for Chat Completions, the Responses API and the Messages API side by side; CPU seconds per request (maxproxy +
@@ -9,11 +9,14 @@ its CLI workers); maxproxy's RSS and the total with its workers; and the proxy's
 CLI's; (c) a function-calling round trip (a request with tools gets a tool call, the client sends the result): the
 follow-up's time to first token when it goes on with the waiting CLI turn, against the same follow-up replayed into
 a clean worker (its conversation deleted first); (d) the physical floor beside them (`bench.floor`: one warm CLI
-started as a worker is, fed turns directly, alone and with a rewind after each turn): TTFT p50 at concurrency 1, the
-CLI's CPU per 50-token turn against the workers' CLI CPU per request, and the scaling at concurrency 8 (req/s over 8
-uncontended single streams); (e) the control requests around each kind of turn and what they cost (`bench.controls`;
-`--controls` runs only that). Timing goals live here, never in the tests. Every request goes to 127.0.0.1; every
-loop is bounded in count.
+started as a worker is, fed turns directly, alone and with a rewind after each turn; then 8 of them fed directly,
+`bench.floor.Fleet`): TTFT p50 at concurrency 1, the CLI's CPU per 50-token turn against the workers' CLI CPU per
+request, and the scaling at concurrency 8 (req/s over 8 uncontended single streams) beside the fleet's, which is what
+this machine's cores allow without any proxy; (e) the control requests around each kind of turn and what they cost (`bench.controls`;
+`--controls` runs only that); (f) a long OpenClaw-shaped conversation, TTFT per turn continued, replayed and through
+the cold CLI (`bench.long_conversation`; `--long` runs only that). Before each case the CLI processes' CPU settles
+(`procfs.settle`: polled until quiet, at most 30 s; the `settled_s` column). Timing goals live here, never in the
+tests. Every request goes to 127.0.0.1; every loop is bounded in count.
 """
 
 from __future__ import annotations
@@ -35,27 +38,21 @@ from typing import Protocol
 import aiohttp
 import msgspec
 
-from maxproxy.bench import controls
+from maxproxy.bench import controls, long_conversation
 from maxproxy.bench.daemon import daemon
-from maxproxy.bench.floor import WarmCLI
+from maxproxy.bench.floor import Fleet, WarmCLI, spawn
+from maxproxy.bench.procfs import children_of, cpu_of, rss_of, settle
+from maxproxy.bench.shapes import HELLO, WEATHER
 from maxproxy.bench.upstream import FakeUpstream, Received, Reply, Text, ToolUse
 from maxproxy.claude import command
 from maxproxy.settings import Settings
 
 TOKENS, DELAY = 50, 0.010
 CONCURRENCY = (1, 4, 8)
-TICKS = os.sysconf("SC_CLK_TCK")
-HELLO = {"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "hi"}]}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 TOOL_CONCURRENCY = (1, 4)
+SETTLE_MAX = 30.0  # seconds at most to wait for the CLI processes' CPU to go quiet before a case
 FLOOR = "warm CLI alone (floor)"
+FLEET = f"{max(CONCURRENCY)} warm CLIs, fed directly"
 
 
 def call_tools(received: Received) -> Reply | None:
@@ -76,45 +73,6 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def stat(pid: int) -> list[str]:
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    return raw[raw.rfind(")") + 2 :].split()
-
-
-def cpu_of(pid: int, *, children: bool = False) -> float:
-    """User+system seconds of a process (and, with `children`, of its reaped children)."""
-    try:
-        fields = stat(pid)
-    except OSError:
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / TICKS
-
-
-def rss_of(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int(stat(int(entry.name))[1]) == pid:
-                    out.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
-
-
 @dataclass
 class Server:
     """maxproxy as a separate process, with CPU accounting for it and its CLI workers."""
@@ -125,13 +83,15 @@ class Server:
 
     def cpu(self) -> tuple[float, float]:
         """(maxproxy's own CPU seconds, its CLI workers' CPU seconds) so far."""
-        fields = stat(self.pid)
-        own = (int(fields[11]) + int(fields[12])) / TICKS
-        reaped = (int(fields[13]) + int(fields[14])) / TICKS
+        own = cpu_of(self.pid)
+        reaped = cpu_of(self.pid, children=True) - own
         for child in children_of(self.pid):
             self.seen[child] = cpu_of(child)
         live = sum(cpu for pid, cpu in self.seen.items() if Path(f"/proc/{pid}").exists())
         return own, reaped + live
+
+    def pids(self) -> list[int]:
+        return children_of(self.pid)
 
     def rss(self) -> tuple[int, int]:
         own = rss_of(self.pid)
@@ -141,15 +101,7 @@ class Server:
 async def direct_cli(settings: Settings) -> tuple[float, float, int]:
     """One cold `claude` process for one request: (time to first text delta, total, text deltas)."""
     started = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(
-        *command.argv(settings, command.Launch(model="sonnet")),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        cwd=settings.workspace_path,
-        env=command.environment(settings),
-        limit=2**24,
-    )
+    proc = await spawn(settings, command.Launch(model="sonnet"))
     assert proc.stdin is not None
     assert proc.stdout is not None
     line = {
@@ -272,8 +224,15 @@ class Meter(Protocol):
         """(proxy CPU seconds, CLI CPU seconds) so far."""
         ...
 
+    def pids(self) -> list[int]:
+        """The CLI processes whose CPU must settle before a case."""
+        ...
+
 
 async def measure(name: str, run: Run, requests: int, concurrency: int, server: Meter | None) -> dict[str, object]:
+    """One case: `requests` runs, `concurrency` at a time, once the CLI processes' CPU has settled (their trailing
+    bursts after the previous case's turns would land on this one)."""
+    settled = (await settle(server.pids, maximum=SETTLE_MAX))[0] if server else None
     cold_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     own0, cli0 = server.cpu() if server else (0.0, 0.0)
     firsts: list[float] = []
@@ -310,6 +269,7 @@ async def measure(name: str, run: Run, requests: int, concurrency: int, server: 
         "cli_cpu_ms_per_req": round(cli / requests * 1000, 1),
         "proxy_cpu_ms_per_chunk": round(own / chunks * 1000, 3) if chunks and isinstance(server, Server) else "",
         "cli_cpu_ms_per_chunk": round(cli / chunks * 1000, 3) if chunks else "",
+        "settled_s": "" if settled is None else round(settled, 1),
     }
 
 
@@ -317,10 +277,10 @@ async def wait_warm(server: Server, workers: int) -> None:
     async with asyncio.timeout(60):
         while len(children_of(server.pid)) < workers:
             await asyncio.sleep(0.1)
-    await asyncio.sleep(1.0)  # let the new workers finish initialising
 
 
-async def main(requests: int, *, controls_only: bool = False) -> None:
+async def main(requests: int, *, only: str | None = None, turns: int = long_conversation.TURNS) -> None:
+    """The whole bench, or `only` one part of it ("controls", "long")."""
     upstream = FakeUpstream(
         default=Reply(blocks=(Text(tuple(f"tok{i} " for i in range(TOKENS))),), delay=DELAY), responder=call_tools
     )
@@ -354,10 +314,16 @@ async def main(requests: int, *, controls_only: bool = False) -> None:
     os.environ.pop("ANTHROPIC_API_KEY", None)
     settings = msgspec.convert({"state_dir": str(home / "cold"), "upstream_retries": 0}, Settings)
     settings.workspace_path.mkdir(parents=True, exist_ok=True)
-    if controls_only:
+    if only == "controls":
         controls.report(await controls.run(env, requests))
-        await upstream.close()
-        return
+    elif only == "long":
+        long_conversation.report(await long_conversation.run(env, settings, turns))
+    else:
+        await everything(env, settings, requests, turns)
+    await upstream.close()
+
+
+async def everything(env: dict[str, str], settings: Settings, requests: int, turns: int) -> None:
     rows: list[dict[str, object]] = []
     for concurrency in CONCURRENCY:  # cold first: the cold CLIs are the only children of this process then
         rows.append(await measure("direct cold CLI", lambda: direct_cli(settings), requests, concurrency, None))
@@ -379,6 +345,8 @@ async def main(requests: int, *, controls_only: bool = False) -> None:
             for _ in range(3):
                 for warming in warm:
                     await asyncio.gather(*(warming() for _ in range(max(CONCURRENCY))))
+            waited, rate = await settle(server.pids, maximum=SETTLE_MAX)
+            print(f"after the warm-up the workers' CPU settled in {waited:.1f} s ({rate:.1f} ms/s each)", flush=True)
             for concurrency in CONCURRENCY:
                 rows.append(
                     await measure(
@@ -425,21 +393,30 @@ async def main(requests: int, *, controls_only: bool = False) -> None:
             await proc.wait()
     report(rows, memory)
     controls.report(await controls.run(env, max(6, requests // 3)))
-    await upstream.close()
+    long_conversation.report(await long_conversation.run(env, settings, turns))
 
 
 async def floor(settings: Settings, requests: int) -> list[dict[str, object]]:
-    """The warm CLI alone (see `bench.floor`): turns at concurrency 1, then the same with a rewind after each turn."""
-    cli = await WarmCLI.start(settings, command.Launch(model="sonnet"))
+    """The warm CLI alone (see `bench.floor`): turns at concurrency 1, then the same with a rewind after each turn;
+    then as many warm CLIs as maxproxy has workers, fed directly at concurrency 1 and 8 (the scaling floor)."""
+    launch = command.Launch(model="sonnet")
+    rows: list[dict[str, object]] = []
+    cli = await WarmCLI.start(settings, launch)
     try:
         for _ in range(5):  # its first turns are slower (measured), as a worker's are before maxproxy's warm-up
             await cli.turn()
-        return [
-            await measure(FLOOR, cli.turn, requests, 1, cli),
-            await measure(FLOOR + " + rewind", lambda: cli.turn(rewind=True), requests, 1, cli),
-        ]
+        rows.append(await measure(FLOOR, cli.turn, requests, 1, cli))
+        rows.append(await measure(FLOOR + " + rewind", lambda: cli.turn(rewind=True), requests, 1, cli))
     finally:
         await cli.close()
+    fleet = await Fleet.start(settings, launch, max(CONCURRENCY))
+    try:
+        await asyncio.gather(*(c.turn() for c in fleet.clis for _ in range(3)))  # each one's first turns
+        for concurrency in (1, max(CONCURRENCY)):
+            rows.append(await measure(FLEET, fleet.turn, requests, concurrency, fleet))
+    finally:
+        await fleet.close()
+    return rows
 
 
 def report(rows: list[dict[str, object]], memory: tuple[int, int]) -> None:
@@ -473,6 +450,13 @@ def report(rows: list[dict[str, object]], memory: tuple[int, int]) -> None:
         f"floor (one warm CLI fed turns, concurrency 1): stream TTFT p50 {floor_ttft:.1f} ms, CLI CPU per 50-token"
         f" turn {floor_cpu:.1f} ms; a rewind after each turn adds {rewind_cpu:+.1f} ms CLI CPU per turn"
     )
+    fleet_single, fleet_c8 = pick(FLEET, 1, "req_per_s"), pick(FLEET, max(CONCURRENCY), "req_per_s")
+    print(
+        f"floor of scaling ({FLEET}): c1 TTFT p50 {pick(FLEET, 1, 'ttft_p50_ms'):.1f} ms, CLI CPU per turn"
+        f" {pick(FLEET, 1, 'cli_cpu_ms_per_req'):.1f} ms with the idle ones counted; scaling at c{max(CONCURRENCY)}"
+        f" {fleet_c8 / (max(CONCURRENCY) * fleet_single):.2f} ({fleet_c8:.2f} of {max(CONCURRENCY) * fleet_single:.2f}"
+        " req/s)"
+    )
     for case in ("maxproxy stream", "responses stream", "messages stream"):
         ttft, cpu = pick(case, 1, "ttft_p50_ms"), pick(case, 1, "cli_cpu_ms_per_req")
         single, c8 = pick(case, 1, "req_per_s"), pick(case, max(CONCURRENCY), "req_per_s")
@@ -494,8 +478,21 @@ def report(rows: list[dict[str, object]], memory: tuple[int, int]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=24, help="requests per case (at most 200)")
-    parser.add_argument("--controls", action="store_true", help="only the control requests per turn kind")
+    parser = argparse.ArgumentParser(
+        prog="python -m maxproxy.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=24, help="requests per case (default 24, at most 200)")
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=long_conversation.TURNS,
+        help=f"turns of the long conversation (default {long_conversation.TURNS}, 2 to 40)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 4 requests per case and 6 turns")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--controls", action="store_true", help="only (e): the control requests per turn kind")
+    only.add_argument("--long", action="store_true", help="only (f): the long conversation")
     args = parser.parse_args()
-    asyncio.run(main(min(args.requests, 200), controls_only=args.controls))
+    requests, turns = (4, 6) if args.quick else (args.requests, args.turns)
+    part = "controls" if args.controls else "long" if args.long else None
+    asyncio.run(main(max(1, min(requests, 200)), only=part, turns=max(2, min(turns, 40))))

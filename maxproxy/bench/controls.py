@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
 import statistics
 import time
 import uuid
@@ -25,20 +24,12 @@ from typing import Any
 
 import aiohttp
 
+from maxproxy.bench import procfs
 from maxproxy.bench.daemon import daemon
+from maxproxy.bench.shapes import MODEL, WEATHER
 
-MODEL = "claude-sonnet-4"
-TICKS = os.sysconf("SC_CLK_TCK")
 IDLE = 10.0  # seconds of quiet to price an idle worker
 SETTLE = 0.25  # after each request: its take-back (rewinds) and the CLI's trailing work land in it
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 @dataclass
@@ -53,25 +44,7 @@ class Kind:
 
 def cpu_ns(pid: int) -> int:
     """utime+stime of the whole process (every thread, exited ones too), in 10 ms ticks."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) * 10**9 // TICKS
-
-
-def workers_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                raw = (entry / "stat").read_text()
-                if int(raw[raw.rfind(")") + 2 :].split()[1]) == pid:
-                    out.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
+    return round(procfs.cpu_of(pid) * 1e9)
 
 
 class Client:
@@ -191,13 +164,13 @@ async def run(env: dict[str, str], n: int) -> Table:
             ("messages (max_tokens 1024) and chat in turn", changing_limit),
         ]
         async with asyncio.timeout(60):
-            while not workers_of(proc.pid):  # one warm worker (`min_idle`); the warm-up turns start the other
+            while not procfs.children_of(proc.pid):  # one warm worker (`min_idle`); the warm-up turns start the other
                 await asyncio.sleep(0.1)
         for i in range(4):  # warm both workers; both then hold a conversation
             client.rid = f"warm-{i}"
             await new_conversation(i)
         await asyncio.sleep(SETTLE)
-        workers = workers_of(proc.pid)
+        workers = procfs.children_of(proc.pid)
         before, started = sum(cpu_ns(pid) for pid in workers), time.perf_counter()
         await asyncio.sleep(IDLE)
         idle = sum(cpu_ns(pid) for pid in workers) - before
@@ -210,10 +183,10 @@ async def run(env: dict[str, str], n: int) -> Table:
             for i in range(n):
                 client.rid = f"k{number}-{i}"
                 kind.ids.append(client.rid)
-                before, started = sum(cpu_ns(pid) for pid in workers_of(proc.pid)), time.perf_counter()
+                before, started = sum(cpu_ns(pid) for pid in procfs.children_of(proc.pid)), time.perf_counter()
                 kind.ttfts.append(await case(i))
                 await asyncio.sleep(SETTLE)
-                kind.cli_ns += sum(cpu_ns(pid) for pid in workers_of(proc.pid)) - before
+                kind.cli_ns += sum(cpu_ns(pid) for pid in procfs.children_of(proc.pid)) - before
                 kind.seconds += time.perf_counter() - started
                 kind.runs += 1
             events: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)

@@ -1,14 +1,15 @@
 """The turn core: one turn, whatever protocol asked for it. `Core.turn(request, caller)` gives a `Turn`; iterating
 `Turn.events()` checks the key's models, admits the request (quotas, their headers, the breaker), finds its conversation
 (one turn at a time; continue, resume, or replay when a resume fails), leases a worker, runs the turn under the watchdog
-(stopping it at the output limit), and accounts for it (usage ledger, metrics, breaker, the CLI's login state, timeout
-alerts). It yields neutral events — `TextDelta`, `ToolCallEvent`, `Keepalive` (silence, only when streaming) — and ends
-with an `Outcome`. A structured turn (`output_schema`) holds its answer's text back until it is checked JSON for the
-schema, asking the model again on the same lease when it is not (`Turn._answer`, `turns.structured`). An error before
-the first event (or any error of a non-streaming turn) is raised, so the wire answers with its real HTTP status; a
-streaming turn that fails after its first event ends with an `Outcome` whose `error` is set, which the wire renders
-inside its stream. The conversation is recorded only after the consumer took the `Outcome` and asked for more: iterate
-to the end (`contextlib.aclosing`); a consumer that stops early (its client went away) leaves the turn unrecorded.
+(stopping it at the output limit), and accounts for it (one `TurnSettled` on the bus for the usage ledger, metrics
+and the breaker; the CLI's login state; timeout alerts). It yields neutral events — `TextDelta`, `ToolCallEvent`,
+`Keepalive` (silence, only when streaming) — and ends with an `Outcome`. A structured turn (`output_schema`) holds
+its answer's text back until it is checked JSON for the schema, asking the model again on the same lease when it is
+not (`Turn._answer`, `turns.structured`). An error before the first event (or any error of a non-streaming turn) is
+raised, so the wire answers with its real HTTP status; a streaming turn that fails after its first event ends with an
+`Outcome` whose `error` is set, which the wire renders inside its stream. The conversation is recorded only after the
+consumer took the `Outcome` and asked for more: iterate to the end (`contextlib.aclosing`); a consumer that stops early
+(its client went away) leaves the turn unrecorded.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ import structlog
 
 from maxproxy import errors, prompt, reply
 from maxproxy.breaker import Breaker
-from maxproxy.bus import Alert, Bus
+from maxproxy.bus import Alert, Bus, CliTurn, TurnSettled
 from maxproxy.claude.events import Result, System, ToolCall
 from maxproxy.claude.probe import CliStatus
-from maxproxy.claude.worker import Watchdog
+from maxproxy.claude.watchdog import Watchdog
 from maxproxy.conversation import identify, split
 from maxproxy.keys import Key
-from maxproxy.metrics import Metrics
 from maxproxy.pool import Lease, Pool, ResumeFailed
 from maxproxy.quota import Quotas
 from maxproxy.sessions import Plan, Sessions
@@ -36,7 +36,6 @@ from maxproxy.settings import Model, Settings
 from maxproxy.state import Access
 from maxproxy.turns import structured
 from maxproxy.turns.messages import AssistantMessage, FinishReason, PromptTokensDetails, TurnRequest, Usage
-from maxproxy.usage import Ledger
 
 log = structlog.get_logger("maxproxy.turns")
 
@@ -182,9 +181,7 @@ class Core:
     breaker: Breaker
     cli: CliStatus
     bus: Bus
-    metrics: Metrics
-    ledger: Ledger
-    models: Mapping[str, Model] | None = None  # the served model table (None: the configured one)
+    models: Mapping[str, Model]  # the served model table (`catalog.Catalog`)
 
     def turn(self, request: TurnRequest, caller: Caller) -> Turn:
         return Turn(self, request, caller)
@@ -206,7 +203,7 @@ class Turn:
         access.model, access.stream = request.model, request.stream
         core.quotas.check_model(caller.key, request.model)
         # every check on the request, before a conversation is touched
-        full = prompt.build(request, core.settings, models=core.models)
+        full = prompt.build(request, core.settings, core.models)
         core.breaker.check(full.family)
         with core.quotas.admit(caller.key) as limits:
             identity = identify(request, caller.headers, caller.owner)
@@ -311,7 +308,7 @@ class Turn:
                 yield event
             if assembler.failure() is not None:
                 return  # the error is the answer; the held text is not
-            if assembler.suspended or assembler.finish_reason == "length" or lease.worker.in_turn:
+            if assembler.suspended or assembler.finish_reason == "length" or lease.in_turn:
                 if held:
                     self._first_token(started)
                     yield TextDelta("".join(held))
@@ -328,7 +325,7 @@ class Turn:
                 raise errors.InvalidStructuredOutput(
                     f"The model's answer did not match the response format after {tries}: {verdict.problem}"
                 )
-            cost = lease.worker.turn_cost if assembler.result is not None else 0.0
+            cost = lease.turn_cost if assembler.result is not None else 0.0
             attempts.again(reply.Assembler(streaming=self.request.stream, cli_path=self.core.cli.path), cost)
             line = prompt.user_line([{"type": "text", "text": structured.correction(output, verdict.problem)}])
             lines, results = [line], None
@@ -388,28 +385,35 @@ class Turn:
     def _ended_normally(self, lease: Lease, assembler: reply.Assembler) -> bool:
         """The turn is one the conversation can continue from: answered in full (or stopped at tool calls the client
         now has), with no error, nothing cut."""
-        if assembler.failure() is not None or self.caller.access.disconnected or lease.worker.interrupted:
+        if assembler.failure() is not None or self.caller.access.disconnected or lease.interrupted:
             return False
         if assembler.suspended:
-            return lease.worker.waiting
-        return assembler.finish_reason == "stop" and not lease.worker.in_turn
+            return lease.waiting
+        return assembler.finish_reason == "stop" and not lease.in_turn
 
     def _alert_timeout(self, message: str) -> None:
         self.core.bus.announce(Alert("timeout", f"{self.caller.key.name} · {self.request.model}: {message}"))
 
     def _account(self, attempts: Attempts, family: str, lease: Lease) -> None:
-        """Record what the answer used (every attempt), and let the breaker read each CLI turn's rate-limit state."""
+        """Tell the bus what the answer used (every attempt) and how each CLI turn ended: its listeners (the ledger,
+        metrics, the breaker) run in this step, so the usage is counted and the breaker set before the response ends."""
         core = self.core
-        for assembler in attempts.all:
-            core.breaker.observe(family, assembler.rate_limit, assembler.result)
         _note_login(core.cli, attempts.current.result)
         usage = attempts.usage()
-        cost = attempts.earlier_cost + (lease.worker.turn_cost if attempts.current.result is not None else 0.0)
-        if not (usage.total_tokens or cost):
-            return
-        key, model = self.caller.key.name, self.request.model
-        core.metrics.used(key, model, usage, cost)
-        core.ledger.note(key, model, usage, cost)
+        cost = attempts.earlier_cost + (lease.turn_cost if attempts.current.result is not None else 0.0)
+        cached = usage.prompt_tokens_details.cached_tokens
+        settled = TurnSettled(
+            key=self.caller.key.name,
+            model=self.request.model,
+            family=family,
+            input_tokens=usage.prompt_tokens - cached,
+            cached_tokens=cached,
+            cache_creation_tokens=usage.prompt_tokens_details.cache_creation_tokens,
+            output_tokens=usage.completion_tokens,
+            cost_usd=cost,
+            cli_turns=tuple(CliTurn(a.rate_limit, a.result) for a in attempts.all),
+        )
+        core.bus.note(settled)
 
 
 def _note_login(cli: CliStatus, result: Result | None) -> None:

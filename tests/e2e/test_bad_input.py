@@ -160,9 +160,11 @@ def test_the_edges_of_each_range_are_accepted(tmp_path: Path) -> None:
         "tools": [{"type": "function", "function": {"name": "f", "parameters": deep_schema(30)}}],  # 63 levels
     }
     chat = decode(msgspec.json.encode({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **edges}))
-    assert prompt.build(to_turn(chat), settings).options.max_output_tokens == 64_000
+    assert prompt.build(to_turn(chat), settings, settings.model_table).options.max_output_tokens == 64_000
     assert decode(body_with(b'"seed": ' + str(2**63 - 1).encode())).seed == 2**63 - 1
     # A model with a lower output limit refuses what another accepts.
     with pytest.raises(errors.InvalidRequest) as caught:
-        prompt.build(to_turn(msgspec.structs.replace(chat, model="claude-opus-4-1-20250805")), settings)
+        prompt.build(
+            to_turn(msgspec.structs.replace(chat, model="claude-opus-4-1-20250805")), settings, settings.model_table
+        )
     assert caught.value.param == "max_tokens"

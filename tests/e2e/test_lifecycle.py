@@ -14,7 +14,7 @@ from maxproxy.bench.upstream import FakeUpstream, Reply
 
 from tests import sse
 from tests.conftest import Proxy, ProxyFactory, fake_cli, wait_for
-from tests.e2e import CHAT, HELLO
+from tests.e2e import CHAT, HELLO, live_workers
 from tests.procs import alive, children, in_group
 
 BODY = {"model": "claude-sonnet-4", "messages": HELLO}
@@ -38,7 +38,7 @@ async def test_stream_disconnect_interrupts_the_turn_and_keeps_the_worker(proxy:
     session = aiohttp.ClientSession()
     response = await session.post(proxy.url + CHAT, json={**BODY, "stream": True})
     await response.content.readline()  # the stream is under way
-    [worker] = [w for w in pool_of(proxy)._live if w.in_turn]
+    [worker] = [w for w in live_workers(pool_of(proxy)) if w.in_turn]
     response.close()
     await session.close()
     await wait_for(lambda: settled(proxy), timeout=5)
@@ -58,7 +58,7 @@ async def test_non_stream_disconnect_interrupts_the_turn(proxy: Proxy, upstream:
     upstream.push(Reply(hang_before_headers=True))
     request = asyncio.create_task(proxy.http.post(proxy.url + CHAT, json=BODY))
     await wait_for(lambda: bool(upstream.messages_requests))
-    [worker] = [w for w in pool_of(proxy)._live if w.in_turn]
+    [worker] = [w for w in live_workers(pool_of(proxy)) if w.in_turn]
     request.cancel()
     await asyncio.gather(request, return_exceptions=True)
     await wait_for(lambda: settled(proxy) and not worker.in_turn, timeout=5)
@@ -119,7 +119,7 @@ async def stubborn(tmp_path: Path, start_proxy: ProxyFactory, mode: str) -> Prox
 async def test_a_cli_that_ignores_interrupts_and_sigterm_is_killed(tmp_path: Path, start_proxy: ProxyFactory) -> None:
     proxy = await stubborn(tmp_path, start_proxy, "ignore_sigterm")
     request = asyncio.create_task(proxy.http.post(proxy.url + CHAT, json=BODY))
-    await wait_for(lambda: any(w.in_turn for w in pool_of(proxy)._live))
+    await wait_for(lambda: any(w.in_turn for w in live_workers(pool_of(proxy))))
     [pid] = pool_of(proxy).pids
     response = await request
     assert response.status == 504

@@ -19,6 +19,7 @@ from anthropic.types import ContentBlockParam, MessageParam, ToolParam
 from maxproxy.bench.upstream import FakeUpstream, Reply, Text, Thinking, ToolUse
 
 from tests.conftest import Proxy, ProxyFactory, wait_for
+from tests.e2e import holding
 from tests.e2e.test_keys import keys_file
 from tests.e2e.test_sessions import pool_of, texts
 from tests.e2e.test_tools import calls, result_text, tool_results
@@ -274,10 +275,10 @@ async def test_a_conversation_continues_on_its_held_worker(
         history.append({"role": "assistant", "content": blocks(b.model_dump() for b in message.content)})
         await wait_for(lambda: pool_of(proxy).busy == 0)
         if text == "I like tea":
-            [held] = pool_of(proxy)._held.values()
+            [held] = holding(pool_of(proxy))
     assert held.lines_written == 1  # only turn 3's new user message went to the CLI
     assert texts(upstream.messages_requests[-1].messages)[-1] == ("user", "What is my name?")
-    assert list(pool_of(proxy)._held.values()) == [held]
+    assert holding(pool_of(proxy)) == [held]
 
 
 BAD_INPUT: list[tuple[str, Any, str]] = [

@@ -12,6 +12,7 @@ import anthropic
 import pytest
 from maxproxy.bench.upstream import FakeUpstream, Reply
 from maxproxy.claude.command import Launch
+from maxproxy.pool import WorkerState
 from maxproxy.settings import DEFAULT_MODELS
 from maxproxy.state import MODELS, POOL
 
@@ -118,7 +119,8 @@ async def test_warm_models_and_key_models_may_name_a_cli_listed_id(
     keys.write_text('[keys.bot]\nkey = "sk-bot-000001"\nmodels = ["claude-opus-5-5"]\n')
     proxy = await start_proxy(warm_models=["claude-opus-5-5"], min_idle=1, keys_file=str(keys))
     pool = proxy.app[POOL]
-    await wait_for(lambda: bool(pool._idle.get(Launch(model="claude-opus-5-5"))), timeout=30)
+    opus = Launch(model="claude-opus-5-5")
+    await wait_for(lambda: any(h.state is WorkerState.IDLE and h.launch == opus for h in pool.workers()), timeout=30)
     headers = {"Authorization": "Bearer sk-bot-000001"}
     body = {"model": "claude-opus-5-5", "messages": HELLO}
     async with proxy.http.post(f"{proxy.url}/v1/chat/completions", json=body, headers=headers) as response:

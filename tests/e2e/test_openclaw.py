@@ -20,7 +20,7 @@ from maxproxy.state import POOL
 
 from tests import sse
 from tests.conftest import Proxy, ProxyFactory, wait_for
-from tests.e2e import CHAT
+from tests.e2e import CHAT, holding
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "openclaw"
 # The model's own tool_use id (the upstream's ids are random): the continued turn answers the call under it, while a
@@ -123,7 +123,7 @@ async def first_turn(proxy: Proxy, upstream: FakeUpstream, key: str = "sk-opencl
     answer = await post(proxy, fixture("1-first"), key)
     assert answer.call_id
     assert json.loads(answer.arguments) == {"path": "notes.md"}
-    [waiting] = [w for w in pool_of(proxy)._held.values() if w.waiting]
+    [waiting] = [w for w in holding(pool_of(proxy)) if w.waiting]
     return answer, waiting
 
 
@@ -153,7 +153,7 @@ async def test_openclaws_tool_follow_up_and_next_turn_continue(
     assert "buy milk" in json.dumps(result["content"])
     assert "09:15" in json.dumps(upstream.messages_requests[1].messages[-1])
     assert worker.lines_written == 2  # the context message and the one result
-    assert list(pool_of(openclaw)._held.values()) == [worker]
+    assert holding(pool_of(openclaw)) == [worker]
 
     # The next user turn: OpenClaw's context message moved again, after the new question.
     upstream.push(Reply.text("The dentist."))
@@ -162,7 +162,7 @@ async def test_openclaws_tool_follow_up_and_next_turn_continue(
     assert third.session == first.session
     assert worker.lines_written == 1  # the new question with its context, as one user line
     assert tool_uses(upstream.messages_requests[2]) == [TOOL_USE]  # the CLI's own history, not a replay
-    assert list(pool_of(openclaw)._held.values()) == [worker]
+    assert holding(pool_of(openclaw)) == [worker]
     assert await continued(access_log, 3) == [False, True, True]
 
 

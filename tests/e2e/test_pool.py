@@ -225,12 +225,12 @@ async def test_start_up_kills_workers_a_crashed_maxproxy_left(tmp_path: Path, st
         start_new_session=True,
     )
     try:
-        from maxproxy.pool.pool import _start_time
+        from maxproxy.pool.registry import start_time
 
-        await wait_for(lambda: bool(_start_time(orphan.pid)))
+        await wait_for(lambda: bool(start_time(orphan.pid)))
         registry = tmp_path / "state" / "workers"
         registry.mkdir(parents=True)
-        (registry / str(orphan.pid)).write_text(_start_time(orphan.pid))
+        (registry / str(orphan.pid)).write_text(start_time(orphan.pid))
         await start_proxy(claude_path=fake_cli(tmp_path, "answer"), min_idle=0)
         async with asyncio.timeout(10):
             await orphan.wait()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from maxproxy import errors
+from maxproxy.bus import Bus
 from maxproxy.claude.command import Launch
 from maxproxy.pool import Pool
 
@@ -22,7 +23,7 @@ from tests.procs import children
 @contextlib.asynccontextmanager
 async def slow_pool(tmp_path: Path, **overrides: Any) -> AsyncIterator[Pool]:
     settings = make_settings(tmp_path, claude_path=fake_cli(tmp_path, "slow_start"), stop_step_timeout=1.0, **overrides)
-    pool = Pool(settings)
+    pool = Pool(settings, Bus(), settings.model_table)
     await pool.start()
     try:
         yield pool
@@ -50,7 +51,7 @@ async def peak_processes() -> AsyncIterator[list[int]]:
 
 async def hold(pool: Pool, model: str, release: asyncio.Event, got: list[int], **kw: Any) -> None:
     async with pool.acquire(Launch(model=model), model, **kw) as lease:
-        got.append(lease.worker.pid)
+        got.append(lease.pid)
         await release.wait()
 
 

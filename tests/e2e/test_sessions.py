@@ -22,7 +22,7 @@ from maxproxy.state import POOL, SESSIONS
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import Proxy, ProxyFactory, wait_for
-from tests.e2e import CHAT
+from tests.e2e import CHAT, holding, live_workers
 
 
 def pool_of(proxy: Proxy) -> Pool:
@@ -55,7 +55,7 @@ async def test_turn_three_continues_on_the_held_worker(proxy: Proxy, upstream: F
     await chat(proxy, history)
     history.append({"role": "user", "content": "I like tea"})
     await chat(proxy, history)
-    [held] = pool_of(proxy)._held.values()
+    [held] = holding(pool_of(proxy))
     history.append({"role": "user", "content": "What is my name?"})
     await chat(proxy, history)
     assert held.lines_written == 1  # only turn 3's new user message went to the CLI
@@ -66,7 +66,7 @@ async def test_turn_three_continues_on_the_held_worker(proxy: Proxy, upstream: F
         ("assistant", "Tea it is."),
         ("user", "What is my name?"),
     ]
-    assert list(pool_of(proxy)._held.values()) == [held]
+    assert holding(pool_of(proxy)) == [held]
 
 
 async def test_an_edited_turn_never_continues_the_old_branch(proxy: Proxy, upstream: FakeUpstream) -> None:
@@ -155,7 +155,7 @@ async def test_restart_resumes_the_conversation_from_its_session(
     history.append({"role": "user", "content": "What number?"})
     async with second.http.post(second.url + CHAT, json={"model": "claude-sonnet-4", "messages": history}) as r:
         assert r.status == 200
-    [worker] = list(pool_of(second)._held.values())
+    [worker] = holding(pool_of(second))
     assert worker.lines_written == 1  # resumed from the CLI session: only the new message was written
     assert texts(upstream.messages_requests[-1].messages)[:4] == [
         ("user", "Remember 7"),
@@ -269,23 +269,60 @@ async def test_a_session_deleted_during_its_turn_stays_deleted(proxy: Proxy, ups
         assert (await response.json())["data"] == []
 
 
-async def test_a_session_in_use_is_never_resumed_by_a_second_process(proxy: Proxy, upstream: FakeUpstream) -> None:
-    history: list[ChatCompletionMessageParam] = [{"role": "user", "content": "first"}]
-    await chat(proxy, history)
+async def test_a_session_in_use_is_never_resumed_by_a_second_process(
+    cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    proxy = await start_proxy(max_workers=2, min_idle=0)
     pool = pool_of(proxy)
-    [held] = pool._held.values()
-    pool._held.clear()  # as if another request had reclaimed it: emptied, and still running the session
-    assert await held.reset()
-    pool._park(held)
-    history.append({"role": "user", "content": "second"})
-    answer = await proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=history)
+    first: list[ChatCompletionMessageParam] = [{"role": "user", "content": "first"}]
+    await chat(proxy, first)
+    [worker] = holding(pool)
+    session = worker.session_id
+    # Another conversation reclaims the worker: emptied, and still running the first conversation's CLI session.
+    await chat(proxy, [{"role": "user", "content": "other"}])
+    assert holding(pool) == [worker]
+    assert worker.session_id == session
+    first.append({"role": "user", "content": "second"})
+    answer = await proxy.openai.chat.completions.create(model="claude-sonnet-4", messages=first)
     assert answer.choices[0].message.content
-    assert sum(1 for w in pool._live if w.session_id == held.session_id) == 1  # no second process on it
+    assert sum(1 for w in live_workers(pool) if w.session_id == session) == 1  # no second process on it
+    assert pool.counts["spawned"] == 1
     # Replayed instead, exactly once: the conversation reached the model as the client sent it.
     assert texts(upstream.messages_requests[-1].messages) == [
         ("user", "first"),
         ("assistant", "Hello from fake upstream!"),
         ("user", "second"),
+    ]
+
+
+async def test_a_held_conversation_left_alone_is_retired_and_resumes_from_its_session(
+    cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """`idle_timeout` applies to held conversations too: the worker is retired (not rewound), so that the next turn
+    resumes the CLI session on a new process (or replays the history when it cannot)."""
+    proxy = await start_proxy(idle_timeout=0.5)
+    pool = pool_of(proxy)
+    upstream.push(Reply.text("Remembered."), Reply.text("It was 7."))
+    history: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Remember 7"}]
+    await chat(proxy, history)
+    [worker] = holding(pool)
+    held_at = time.monotonic()
+    await wait_for(lambda: pool.counts["retired:idle"] == 1, timeout=15)
+    took = time.monotonic() - held_at
+    await wait_for(lambda: not worker.alive, timeout=15)
+    print(f"held conversation retired {took:.2f}s after its turn, exited after {time.monotonic() - held_at:.2f}s")
+    assert took >= 0.5  # never before its time
+    assert pool.counts["retired:reset_failed"] == pool.counts["retired:replayed_history"] == 0
+    assert not holding(pool)
+    history.append({"role": "user", "content": "What number?"})
+    await chat(proxy, history)
+    [resumed] = holding(pool)
+    assert resumed is not worker
+    assert resumed.lines_written == 1  # resumed from the CLI session: only the new message was written
+    assert texts(upstream.messages_requests[-1].messages) == [
+        ("user", "Remember 7"),
+        ("assistant", "Remembered."),
+        ("user", "What number?"),
     ]
 
 
@@ -330,7 +367,7 @@ async def test_a_follow_up_sent_the_moment_a_stream_ends_continues(
         sessions.append(headers["x-session-id"])
         history.append({"role": "assistant", "content": text})
     assert sessions[0] == sessions[1]  # the same conversation, not a new one
-    [held] = pool_of(proxy)._held.values()
+    [held] = holding(pool_of(proxy))
     await wait_for(lambda: pool_of(proxy).busy == 0)
     assert held.lines_written == 1  # only the new question went to the CLI
 

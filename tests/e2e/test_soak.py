@@ -20,7 +20,7 @@ from maxproxy.state import POOL
 
 from tests import sse
 from tests.conftest import ProxyFactory, wait_for
-from tests.e2e import CHAT, quiet
+from tests.e2e import CHAT, live_workers, quiet
 from tests.procs import alive, children
 
 REQUESTS = 150
@@ -125,7 +125,7 @@ async def test_soak(cli_env: Path, start_proxy: ProxyFactory, upstream: FakeUpst
         nonlocal kills
         while True:
             await asyncio.sleep(rng.uniform(1.0, 3.0))
-            busy = [w.pid for w in pool._live if w.in_turn]  # a worker in the middle of a turn, as a crash hits
+            busy = [w.pid for w in live_workers(pool) if w.in_turn]  # a worker in the middle of a turn, as a crash hits
             if busy:
                 os.kill(rng.choice(busy), signal.SIGKILL)
                 kills += 1

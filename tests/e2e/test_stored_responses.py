@@ -19,7 +19,7 @@ from maxproxy.state import SESSIONS
 from openai import AsyncOpenAI
 
 from tests.conftest import Proxy, ProxyFactory, wait_for
-from tests.e2e import quiet
+from tests.e2e import holding, quiet
 from tests.e2e.test_responses import MODEL, WEATHER
 from tests.e2e.test_sessions import pool_of, texts
 from tests.e2e.test_tools import calls, result_text, tool_results
@@ -90,7 +90,7 @@ async def test_previous_response_id_continues_on_the_warm_worker(proxy: Proxy, u
     first = await proxy.openai.responses.with_raw_response.create(model=MODEL, input="My name is Alice")
     answer = first.parse()
     await settled(proxy)
-    [held] = pool_of(proxy)._held.values()
+    [held] = holding(pool_of(proxy))
     second = await proxy.openai.responses.with_raw_response.create(
         model=MODEL, input="What is my name?", previous_response_id=answer.id
     )
@@ -98,7 +98,7 @@ async def test_previous_response_id_continues_on_the_warm_worker(proxy: Proxy, u
     assert second.parse().previous_response_id == answer.id
     assert second.headers["x-session-id"] == first.headers["x-session-id"]  # one conversation
     assert held.lines_written == 1  # only the new message went to the same CLI session
-    assert list(pool_of(proxy)._held.values()) == [held]
+    assert holding(pool_of(proxy)) == [held]
     assert texts(upstream.messages_requests[-1].messages) == [
         ("user", "My name is Alice"),
         ("assistant", "Noted, Alice."),
@@ -153,7 +153,7 @@ async def test_previous_response_id_after_a_restart(
         ("assistant", "Remembered."),
         ("user", "What number?"),
     ]  # the model sees the earlier turn (resumed from its CLI session)
-    [worker] = pool_of(second)._held.values()
+    [worker] = holding(pool_of(second))
     assert worker.lines_written == 1
 
 

@@ -9,12 +9,13 @@ import re
 from typing import Any
 
 from maxproxy.bench.upstream import FakeUpstream, Received, Reply, Text, ToolUse
-from maxproxy.pool import Pool
+from maxproxy.pool import Pool, WorkerState
 from maxproxy.state import POOL
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam, ChatCompletionToolParam
 
 from tests import sse
 from tests.conftest import Proxy, ProxyFactory, wait_for
+from tests.e2e import holding
 
 MODEL = "claude-sonnet-4"
 
@@ -386,11 +387,11 @@ async def test_a_follow_up_that_never_comes_frees_the_worker(
     upstream.push(calls(ToolUse("get_weather", {"city": "Lima"})))
     history: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Lima?"}]
     answer = await proxy.openai.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER])
-    [waiting] = [w for w in pool._held.values() if w.waiting]
-    await wait_for(lambda: any(waiting in idle for idle in pool._idle.values()), timeout=15)
+    [waiting] = [w for w in holding(pool) if w.waiting]
+    await wait_for(lambda: any(h.worker is waiting and h.state is WorkerState.IDLE for h in pool.workers()), timeout=15)
     assert waiting.alive
     assert not waiting.in_turn
-    assert not pool._held
+    assert not holding(pool)
 
     # A late follow-up still gets its answer: the conversation is replayed.
     upstream.push(Reply.text("Mild in Lima."))
