@@ -1,22 +1,22 @@
 """`make bench`: maxproxy with its warm pool against the direct cold CLI, on the fake upstream (50 tokens x 10 ms).
 
-The fake Anthropic upstream and the clients run in this process; maxproxy runs as its own process (`python -m
-maxproxy`, real pinned CLI), so that its CPU and memory are measured apart from its CLI workers'. The cases, in one
-run: (a) the direct cold CLI, one `claude -p` stream-json process per request — the floor of any spawn-per-request
-proxy; (b) maxproxy: streaming time to first token p50/p95, non-streaming latency, throughput, at concurrency 1, 4
-and 8, for Chat Completions, the Responses API and the Messages API side by side; CPU seconds per request (maxproxy +
-its CLI workers); maxproxy's RSS and the total with its workers; and the proxy's own CPU per streamed chunk against the
-CLI's; (c) a function-calling round trip (a request with tools gets a tool call, the client sends the result): the
-follow-up's time to first token when it goes on with the waiting CLI turn, against the same follow-up replayed into
-a clean worker (its conversation deleted first); (d) the physical floor beside them (`bench.floor`: one warm CLI
-started as a worker is, fed turns directly, alone and with a rewind after each turn; then 8 of them fed directly,
-`bench.floor.Fleet`): TTFT p50 at concurrency 1, the CLI's CPU per 50-token turn against the workers' CLI CPU per
-request, and the scaling at concurrency 8 (req/s over 8 uncontended single streams) beside the fleet's, which is what
-this machine's cores allow without any proxy; (e) the control requests around each kind of turn and what they cost (`bench.controls`;
-`--controls` runs only that); (f) a long OpenClaw-shaped conversation, TTFT per turn continued, replayed and through
-the cold CLI (`bench.long_conversation`; `--long` runs only that). Before each case the CLI processes' CPU settles
-(`procfs.settle`: polled until quiet, at most 30 s; the `settled_s` column). Timing goals live here, never in the
-tests. Every request goes to 127.0.0.1; every loop is bounded in count.
+The fake Anthropic upstream and the clients run in this process; maxproxy runs as its own process (`python -m maxproxy`,
+real pinned CLI), so that its CPU and memory are measured apart from its CLI workers'. The cases, in one run: (a) the
+direct cold CLI, one `claude -p` stream-json process per request — the floor of any spawn-per-request proxy; (b)
+maxproxy: streaming time to first token p50/p95, non-streaming latency, throughput, at concurrency 1, 4 and 8, for Chat
+Completions, the Responses API and the Messages API side by side; CPU seconds per request (maxproxy + its CLI workers);
+maxproxy's RSS and the total with its workers; and the proxy's own CPU per streamed chunk against the CLI's; (c) a
+function-calling round trip (a request with tools gets a tool call, the client sends the result): the follow-up's time
+to first token when it goes on with the waiting CLI turn, against the same follow-up replayed into a clean worker (its
+conversation deleted first); (d) the physical floor beside them (`bench.floor`: one warm CLI started as a worker is, fed
+turns directly, alone and with a rewind after each turn; then 8 of them fed directly, `bench.floor.Fleet`): TTFT p50 at
+concurrency 1, the CLI's CPU per 50-token turn against the workers' CLI CPU per request, and the scaling at concurrency
+8 (req/s over 8 uncontended single streams) beside the fleet's, which is what this machine's cores allow without any
+proxy; (e) the control requests around each kind of turn and what they cost (`bench.controls`; `--controls` runs only
+that); (f) a long OpenClaw-shaped conversation, TTFT per turn continued, replayed and through the cold CLI
+(`bench.long_conversation`; `--long` runs only that). Before each case the CLI processes' CPU settles (`procfs.settle`:
+polled until quiet, at most 30 s; the `settled_s` column). Timing goals live here, never in the tests. Every request
+goes to 127.0.0.1; every loop is bounded in count.
 """
 
 from __future__ import annotations

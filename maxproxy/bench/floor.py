@@ -15,6 +15,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from maxproxy import prompt
@@ -23,17 +24,24 @@ from maxproxy.claude import command
 from maxproxy.settings import Settings
 
 
-async def spawn(settings: Settings, launch: command.Launch) -> asyncio.subprocess.Process:
+async def spawn(
+    settings: Settings,
+    launch: command.Launch,
+    *,
+    flags: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> asyncio.subprocess.Process:
     """One `claude` process exactly as maxproxy starts a worker (argv, environment, working directory), in its own
-    process group; stderr is dropped."""
+    process group; stderr is dropped. `flags` and `env` (in place of the worker's environment) are for A/B runs."""
     settings.workspace_path.mkdir(parents=True, exist_ok=True)
     return await asyncio.create_subprocess_exec(
         *command.argv(settings, launch),
+        *flags,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
         cwd=settings.workspace_path,
-        env=command.environment(settings),
+        env=command.environment(settings) if env is None else dict(env),
         limit=2**24,
         start_new_session=True,
     )
@@ -50,10 +58,17 @@ class WarmCLI:
 
     @classmethod
     async def start(
-        cls, settings: Settings, launch: command.Launch, listing: list[dict[str, Any]] | None = None
+        cls,
+        settings: Settings,
+        launch: command.Launch,
+        listing: list[dict[str, Any]] | None = None,
+        *,
+        flags: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> WarmCLI:
-        """Spawned and initialised; with `listing`, its SDK MCP server lists these tools (`Toolset.listing`)."""
-        proc = await spawn(settings, launch)
+        """Spawned (see `spawn`) and initialised; with `listing`, its SDK MCP server lists these tools
+        (`Toolset.listing`)."""
+        proc = await spawn(settings, launch, flags=flags, env=env)
         cli = cls(proc, listing or [])
         try:
             await cli.control("initialize", **command.initialize_request(settings, launch))

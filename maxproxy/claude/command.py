@@ -103,5 +103,10 @@ def environment(settings: Settings, base: Mapping[str, str] | None = None) -> di
         # ... and are sent to the model as they are, never deferred behind the CLI's tool search (measured: tools
         # listed after start-up otherwise come with a `DeferredToolPlaceholder`).
         ENABLE_TOOL_SEARCH="false",
+        # No idle full collections by the Bun runtime (after 10 s, 2 min and 10 min without heap growth): each cost a
+        # warm worker ~110-230 ms of CPU on its GC threads, and they fire between a pool's turns, to give back only
+        # 3-8 MB of its ~200 MB RSS. Measured (`python -m maxproxy.bench.runtime`): idle CPU in the 15 s after turns
+        # 14 -> 5 ms/s per worker, warm TTFT and CPU per turn within noise.
+        BUN_IDLE_GC_SECONDS="0",
     )
     return env
