@@ -41,7 +41,7 @@ import msgspec
 from maxproxy.bench import controls, long_conversation
 from maxproxy.bench.daemon import daemon
 from maxproxy.bench.floor import Fleet, WarmCLI, spawn
-from maxproxy.bench.procfs import children_of, cpu_of, rss_of, settle
+from maxproxy.bench.procfs import children_of, cpu_of, pss_of, rss_of, settle
 from maxproxy.bench.shapes import HELLO, WEATHER
 from maxproxy.bench.upstream import FakeUpstream, Received, Reply, Text, ToolUse
 from maxproxy.claude import command
@@ -93,9 +93,10 @@ class Server:
     def pids(self) -> list[int]:
         return children_of(self.pid)
 
-    def rss(self) -> tuple[int, int]:
-        own = rss_of(self.pid)
-        return own, own + sum(rss_of(child) for child in children_of(self.pid))
+    def rss(self) -> tuple[int, int, int]:
+        """maxproxy's RSS; its RSS with its workers' (shared pages counted in each); their PSS (counted once)."""
+        own, children = rss_of(self.pid), children_of(self.pid)
+        return own, own + sum(rss_of(child) for child in children), pss_of(self.pid) + sum(map(pss_of, children))
 
 
 async def direct_cli(settings: Settings) -> tuple[float, float, int]:
@@ -328,7 +329,7 @@ async def everything(env: dict[str, str], settings: Settings, requests: int, tur
     for concurrency in CONCURRENCY:  # cold first: the cold CLIs are the only children of this process then
         rows.append(await measure("direct cold CLI", lambda: direct_cli(settings), requests, concurrency, None))
     rows += await floor(settings, requests)
-    memory: tuple[int, int] = (0, 0)
+    memory: tuple[int, int, int] = (0, 0, 0)
     async with daemon(env) as (proc, url, _):
         server = Server(proc.pid, f"{url}/v1/chat/completions")
         await wait_warm(server, max(CONCURRENCY))
@@ -411,7 +412,12 @@ async def floor(settings: Settings, requests: int) -> list[dict[str, object]]:
         await cli.close()
     fleet = await Fleet.start(settings, launch, max(CONCURRENCY))
     try:
-        await asyncio.gather(*(c.turn() for c in fleet.clis for _ in range(3)))  # each one's first turns
+
+        async def first_turns(cli: WarmCLI) -> None:  # one turn at a time: a CLI runs its turns in order
+            for _ in range(3):
+                await cli.turn()
+
+        await asyncio.gather(*(first_turns(cli) for cli in fleet.clis))
         for concurrency in (1, max(CONCURRENCY)):
             rows.append(await measure(FLEET, fleet.turn, requests, concurrency, fleet))
     finally:
@@ -419,14 +425,17 @@ async def floor(settings: Settings, requests: int) -> list[dict[str, object]]:
     return rows
 
 
-def report(rows: list[dict[str, object]], memory: tuple[int, int]) -> None:
+def report(rows: list[dict[str, object]], memory: tuple[int, int, int]) -> None:
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for line in rows:
         print("| " + " | ".join(str(line[c]) for c in columns) + " |")
     workers = max(CONCURRENCY)
-    print(f"\nmaxproxy RSS {memory[0] / 2**20:.0f} MiB; with its {workers} warm workers {memory[1] / 2**20:.0f} MiB")
+    print(
+        f"\nmaxproxy RSS {memory[0] / 2**20:.0f} MiB; with its {workers} warm workers {memory[1] / 2**20:.0f} MiB"
+        f" (RSS summed: the CLI's shared pages once per worker), {memory[2] / 2**20:.0f} MiB PSS (shared pages once)"
+    )
 
     def pick(case: str, c: int, column: str) -> float:
         return float(str(next(r for r in rows if r["case"] == case and r["c"] == c)[column]))

@@ -42,6 +42,16 @@ def rss_of(pid: int) -> int:
     return 0
 
 
+def pss_of(pid: int) -> int:
+    """Proportional set size: resident memory with pages shared between processes (the CLI's executable, mapped by
+    every worker) split among them, so that a sum over workers counts them once."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def children_of(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():

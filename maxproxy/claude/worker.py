@@ -156,6 +156,11 @@ class Worker:
         """CPU time of the CLI's main (JavaScript) thread so far, in nanoseconds (see `Process.cpu_ns`)."""
         return self._process.cpu_ns()
 
+    @property
+    def options(self) -> command.Options:
+        """The per-turn settings the CLI has now (the last ones applied)."""
+        return self._options
+
     def stop(self) -> asyncio.Task[None]:
         """Start stopping the process (interrupting a running turn first); the task reaps it. Idempotent."""
         return self._process.stop()

@@ -24,7 +24,7 @@ import structlog
 
 from maxproxy import errors
 from maxproxy.bus import Alert, Bus, TurnEnd, TurnRef
-from maxproxy.claude.command import Launch
+from maxproxy.claude.command import Launch, Options
 from maxproxy.claude.control import CONTROL_TIMEOUT
 from maxproxy.claude.worker import Worker
 from maxproxy.pool import upkeep
@@ -38,6 +38,11 @@ log = structlog.get_logger("maxproxy.pool")
 
 S = WorkerState
 HELD = (S.HOLDING, S.WAITING_FOR_TOOLS)
+
+
+def _fits(holder: Holder, options: Options | None) -> bool:
+    """The worker's CLI has these per-turn options already."""
+    return options is not None and holder.worker.options == options
 
 
 def _shutting_down() -> errors.Unavailable:
@@ -211,9 +216,11 @@ class Pool:
         conversation: str | None = None,
         resume: str | None = None,
         key: str = "",
+        options: Options | None = None,
     ) -> AsyncIterator[Lease]:
         """A worker for one turn of API key `key`: the one still holding `conversation` if there is one, else one
-        started on the CLI session `resume`, else a clean one. The lease is detached when the context exits."""
+        started on the CLI session `resume`, else a clean one — preferably one whose CLI already has the turn's
+        `options` (changing them costs the CLI ~15-25 ms, measured). The lease is detached when the context exits."""
         await self.admission.admit(family, key)
         holder: Holder | None = None
         lease: Lease | None = None
@@ -228,7 +235,7 @@ class Pool:
                 # Nothing holds the conversation any more (reclaimed or retired meanwhile): the caller replays it.
                 raise ResumeFailed("No worker holds the conversation any more")
             if holder is None:
-                holder = await self._checkout(launch)
+                holder = await self._checkout(launch, options)
             if holder.state is S.STOPPING:
                 raise _shutting_down()  # `close` retired it while it was being found
             lent = time.monotonic()
@@ -296,12 +303,14 @@ class Pool:
             self.admission.turn_took(family, elapsed)
             self.admission.release(family)
 
-    async def _checkout(self, launch: Launch) -> Holder:
+    async def _checkout(self, launch: Launch, options: Options | None = None) -> Holder:
         """An idle worker for this launch: one already warm, one the warm set is about to have, an emptied held one, or
         a new one started for this request."""
         while True:
-            # The most recently parked first: its process is the warmest.
-            for holder in sorted(self._idle(launch), key=lambda h: h.idle_since, reverse=True):
+            # One whose CLI has the turn's options first (no `apply_flag_settings`), then the most recently parked:
+            # its process is the warmest.
+            ranked = sorted(self._idle(launch), key=lambda h: (_fits(h, options), h.idle_since), reverse=True)
+            for holder in ranked:
                 if holder.worker.alive:
                     self._wake.set()  # the maintainer refills the warm set
                     return holder
@@ -317,7 +326,7 @@ class Pool:
                 # A start for the warm set is under way: it is parked idle when it is up (or cancelled for room).
                 await asyncio.wait(warming, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            if (reclaimed := await self._reclaim(launch)) is not None:
+            if (reclaimed := await self._reclaim(launch, options)) is not None:
                 return reclaimed
             if self._idle(launch):
                 continue  # a worker was parked while the held ones were looked at
@@ -326,12 +335,13 @@ class Pool:
     def _idle(self, launch: Launch) -> list[Holder]:
         return [h for h in self._holders if h.state is S.IDLE and h.launch == launch]
 
-    async def _reclaim(self, launch: Launch) -> Holder | None:
+    async def _reclaim(self, launch: Launch, options: Options | None = None) -> Holder | None:
         """Empty the least recently used worker that holds a conversation. Its conversation continues later from its
         client's history or, if it was retired, its session. The holder comes back RETURNING (to be lent)."""
         # A worker whose turn waits for tool results is not emptied: its client is about to go on with it.
         held = [h for h in self._holders if h.state is S.HOLDING and h.launch == launch]
-        for holder in sorted(held, key=lambda h: h.idle_since):
+        # One whose CLI has the turn's options first, then the least recently used.
+        for holder in sorted(held, key=lambda h: (not _fits(h, options), h.idle_since)):
             if holder.state is not S.HOLDING:
                 continue  # lent, retired or superseded while an earlier one was rewound
             holder.reclaim()

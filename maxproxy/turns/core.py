@@ -241,6 +241,7 @@ class Turn:
             conversation=conversation_id,
             resume=plan.resume,
             key=self.caller.key.name,
+            options=turn.options,
         ) as lease:
             await core.sessions.claim(plan, lease)
             watchdog = Watchdog(settings.inactivity_timeout, settings.max_turn_seconds)

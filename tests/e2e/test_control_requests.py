@@ -103,3 +103,32 @@ async def test_an_interrupt_is_counted_and_timed_when_its_answer_comes(
     assert collections.Counter(log["subtype"] for log in sent) == {"interrupt": 1, "rewind_conversation": 1}
     [interrupt] = [log for log in sent if log["subtype"] == "interrupt"]
     assert min(interrupt["ms"], interrupt["cli_cpu_ms"]) >= 0
+
+
+async def test_a_worker_whose_cli_has_the_turns_options_is_lent_first(
+    cli_env: object, start_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """New conversations with two output limits taken in turn: each goes to the worker whose CLI has its limit
+    already, idle or held (a held one is reclaimed before the least recently used one), so the settings update is
+    sent once, for the first request with the other limit. Lent by recency alone, it was sent three times."""
+    proxy = await start_proxy(max_workers=2, min_idle=2)
+    pool = pool_of(proxy)
+    await wait_for(lambda: pool.idle == 2 and quiet(pool))
+
+    def applied() -> int:
+        return sum(h.worker.controls["apply_flag_settings"] for h in pool.workers())
+
+    async def turn(text: str, **extra: Any) -> None:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": text}], **extra}
+        async with proxy.http.post(proxy.url + CHAT, json=body) as response:
+            assert response.status == 200, await response.text()
+        await wait_for(lambda: quiet(pool))
+
+    await turn("a", max_tokens=1024)  # one worker gets the lower limit
+    await turn("b")  # the other, idle, keeps the default
+    assert applied() == 1
+    await turn("c")  # both hold a conversation: the one with the default limit is emptied, though used last
+    await turn("d", max_tokens=1024)  # and for this one, the one with 1024
+    assert applied() == 1
+    assert pool.counts["spawned"] == 2  # the same two processes throughout
+    assert sorted(h.conversation is not None for h in pool.workers()) == [True, True]
