@@ -280,6 +280,29 @@ async def wait_warm(server: Server, workers: int) -> None:
             await asyncio.sleep(0.1)
 
 
+def environment(upstream: str, home: Path, workers: int) -> dict[str, str]:
+    """maxproxy's environment for a bench run: the fake upstream, a temporary HOME, subscription login, `workers`
+    warm workers. The CLIs the bench starts itself (floor, cold) get the client half of it through this process's
+    own environment, which is set here too."""
+    client = {
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": upstream,
+        "CLAUDE_CODE_OAUTH_TOKEN": "bench",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
+    os.environ.update(client)
+    os.environ.pop("ANTHROPIC_API_KEY", None)
+    return {
+        **os.environ,
+        "MAXPROXY_STATE_DIR": str(home / "state"),
+        "MAXPROXY_LOG_FORMAT": "json",
+        "MAXPROXY_MAX_WORKERS": str(workers),
+        "MAXPROXY_MIN_IDLE": str(workers),
+        "MAXPROXY_LIMIT_SONNET": str(workers),
+        "MAXPROXY_UPSTREAM_RETRIES": "0",
+    }
+
+
 async def main(requests: int, *, only: str | None = None, turns: int = long_conversation.TURNS) -> None:
     """The whole bench, or `only` one part of it ("controls", "long")."""
     upstream = FakeUpstream(
@@ -287,32 +310,7 @@ async def main(requests: int, *, only: str | None = None, turns: int = long_conv
     )
     await upstream.start()
     home = Path(tempfile.mkdtemp(prefix="maxproxy-bench-"))
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "ANTHROPIC_BASE_URL": upstream.url,
-        "CLAUDE_CODE_OAUTH_TOKEN": "bench",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "MAXPROXY_STATE_DIR": str(home / "state"),
-        "MAXPROXY_LOG_FORMAT": "json",
-        "MAXPROXY_MAX_WORKERS": str(max(CONCURRENCY)),
-        "MAXPROXY_MIN_IDLE": str(max(CONCURRENCY)),
-        "MAXPROXY_LIMIT_SONNET": str(max(CONCURRENCY)),
-        "MAXPROXY_UPSTREAM_RETRIES": "0",
-    }
-    env.pop("ANTHROPIC_API_KEY", None)
-    os.environ.update(
-        {
-            k: env[k]
-            for k in (
-                "HOME",
-                "ANTHROPIC_BASE_URL",
-                "CLAUDE_CODE_OAUTH_TOKEN",
-                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
-            )
-        }
-    )
-    os.environ.pop("ANTHROPIC_API_KEY", None)
+    env = environment(upstream.url, home, max(CONCURRENCY))
     settings = msgspec.convert({"state_dir": str(home / "cold"), "upstream_retries": 0}, Settings)
     settings.workspace_path.mkdir(parents=True, exist_ok=True)
     if only == "controls":

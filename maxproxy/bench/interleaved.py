@@ -8,7 +8,6 @@ and the mean CLI CPU per request (every CLI of each side counted, idle ones too)
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -35,24 +34,7 @@ async def main(rounds: int) -> None:
     )
     await upstream.start()
     home = Path(tempfile.mkdtemp(prefix="maxproxy-interleaved-"))
-    client_env = {
-        "HOME": str(home),
-        "ANTHROPIC_BASE_URL": upstream.url,
-        "CLAUDE_CODE_OAUTH_TOKEN": "bench",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-    }
-    env = {
-        **os.environ,
-        **client_env,
-        "MAXPROXY_STATE_DIR": str(home / "state"),
-        "MAXPROXY_LOG_FORMAT": "json",
-        "MAXPROXY_MAX_WORKERS": str(WORKERS),
-        "MAXPROXY_MIN_IDLE": str(WORKERS),
-        "MAXPROXY_UPSTREAM_RETRIES": "0",
-    }
-    env.pop("ANTHROPIC_API_KEY", None)
-    os.environ.update(client_env)  # the floor's CLIs are started from this process's environment, as workers are
-    os.environ.pop("ANTHROPIC_API_KEY", None)
+    env = bench.environment(upstream.url, home, WORKERS)
     fleet = await Fleet.start(Settings(state_dir=str(home / "floor")), command.Launch(model="sonnet"), WORKERS)
     ttft: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
