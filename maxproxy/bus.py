@@ -1,7 +1,8 @@
 """The event bus, the one way to observe turns and the pool: every turn's decoded CLI events, observations (time waited
 for a slot; what a turn used and how its CLI turns ended) and operator alerts fan out to whoever watches. A listener
-(metrics, the usage ledger, the breaker) is called in the publisher's own step, so what it records is in place before
-the request goes on; it must be quick and never raises into the publisher. A subscriber (the Telegram notifier) has a
+(metrics, the usage ledger, the breaker) hears observations and alerts — not the per-token turn events — in the
+publisher's own step, so what it records is in place before the request goes on; it must be quick and never raises
+into the publisher. A subscriber (the Telegram notifier) has a
 bounded queue, filled only with the turn items it accepts, so it never slows a turn; when the queue is full the item is
 dropped and counted.
 """
@@ -84,7 +85,7 @@ class TurnSettled(msgspec.Struct, frozen=True, kw_only=True):
 
 Observation = QueueWait | TurnSettled
 Entry = tuple[TurnRef, TurnEvent | TurnEnd] | Alert  # what a subscriber's queue gets
-Item = Entry | Observation  # what a listener gets
+Item = Alert | Observation  # what a listener gets
 Accept = Callable[[TurnEvent | TurnEnd], bool]
 Listener = Callable[[Item], None]
 
@@ -144,8 +145,7 @@ class Bus:
             self._subscribers.remove(subscription)
 
     def publish(self, turn: TurnRef, item: TurnEvent | TurnEnd) -> None:
-        if self._listeners:
-            self._tell((turn, item))
+        # Subscribers only: this runs for every streamed token, and no listener wants turn events.
         for subscription in self._subscribers:
             if subscription.accept is None or subscription.accept(item):
                 subscription._offer((turn, item))

@@ -17,7 +17,6 @@ import structlog
 
 from maxproxy.bus import Item, TurnSettled
 from maxproxy.store import UsageRow, UsageStore
-from maxproxy.turns.messages import Usage
 
 log = structlog.get_logger("maxproxy.usage")
 
@@ -47,19 +46,9 @@ class Ledger:
         for row in await self.rows.since(since):
             self._tokens[(row.key, row.day)] += row.total_tokens
 
-    async def record(self, key: str, model: str, usage: Usage, cost_usd: float, *, request: bool = True) -> None:
-        """`note`, then write it."""
-        self.note(key, model, usage, cost_usd, request=request)
-        await self.flush()
-
-    def note(self, key: str, model: str, usage: Usage, cost_usd: float, *, request: bool = True) -> None:
-        """Count an answer's usage now (budgets see it at once); the writer task stores it."""
-        cached = usage.prompt_tokens_details.cached_tokens
-        input_tokens, output_tokens = usage.prompt_tokens - cached, usage.completion_tokens
-        self._add(key, model, int(request), input_tokens, cached, output_tokens, cost_usd)
-
     def observe(self, item: Item) -> None:
-        """A bus listener: every turn that used something is counted as one request."""
+        """A bus listener: every turn that used something is counted as one request, now (budgets see it at once);
+        the writer task stores it."""
         if isinstance(item, TurnSettled) and item.spent:
             tokens = (item.input_tokens, item.cached_tokens, item.output_tokens)
             self._add(item.key, item.model, 1, *tokens, item.cost_usd)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from maxproxy.bus import Bus, Item, TurnRef
+from maxproxy.bus import Bus, TurnRef
 from maxproxy.claude.command import Launch
 from maxproxy.claude.events import System
 from maxproxy.claude.worker import Worker
@@ -107,8 +107,7 @@ def test_the_conversation_goes_with_the_state() -> None:
 
 async def test_events_go_to_the_bus_only_under_the_turn_lent_for() -> None:
     bus = Bus()
-    got: list[Item] = []
-    bus.listen(got.append)
+    subscription = bus.subscribe()
     h = Holder(SONNET, bus, owned=False)
     h.up(cast(Worker, FakeWorker()))
     h(System(subtype="before"))
@@ -117,6 +116,7 @@ async def test_events_go_to_the_bus_only_under_the_turn_lent_for() -> None:
     h.take_back()
     h.park()
     h(System(subtype="after"))
+    got = [subscription.queue.get_nowait() for _ in range(subscription.queue.qsize())]
     assert got == [(REF, System(subtype="during"))]
 
 

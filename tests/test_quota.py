@@ -13,8 +13,9 @@ from maxproxy import errors, quota
 from maxproxy.keys import Key
 from maxproxy.quota import Quotas, duration
 from maxproxy.store import Store, UsageRow, UsageStore
-from maxproxy.turns.messages import Usage
 from maxproxy.usage import Ledger, today
+
+from tests.test_usage import settled
 
 UNLIMITED = Key(name="free", digest="")
 
@@ -137,17 +138,19 @@ def test_a_refused_request_does_not_use_the_rpm(quotas: Quotas, clock: Clock) ->
         assert headers["x-ratelimit-remaining-requests"] == "0"
 
 
-def usage(tokens: int) -> Usage:
-    return Usage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens)
+async def spend(ledger: Ledger, tokens: int) -> None:
+    """A settled turn of key "bot" that used `tokens` prompt tokens, heard by the ledger and written."""
+    ledger.observe(settled("bot", "claude-sonnet-4", tokens, 0, 0, 0.0))
+    await ledger.flush()
 
 
 async def test_daily_tokens_refuses_a_key_over_its_budget(quotas: Quotas) -> None:
     key = limited(daily_tokens=1000)
-    await quotas.ledger.record("bot", "claude-sonnet-4", usage(400), 0.0)
+    await spend(quotas.ledger, 400)
     with quotas.admit(key) as headers:
         assert headers["x-ratelimit-limit-tokens"] == "1000"
         assert headers["x-ratelimit-remaining-tokens"] == "600"
-    await quotas.ledger.record("bot", "claude-sonnet-4", usage(700), 0.0)
+    await spend(quotas.ledger, 700)
     with pytest.raises(errors.RateLimited) as caught, quotas.admit(key):
         pass
     assert caught.value.code == "key_token_budget"
@@ -173,7 +176,7 @@ async def test_weekly_tokens_count_the_last_seven_days(store: Store) -> None:
 
 
 async def test_the_tighter_budget_is_reported(quotas: Quotas) -> None:
-    await quotas.ledger.record("bot", "claude-sonnet-4", usage(100), 0.0)
+    await spend(quotas.ledger, 100)
     headers = quotas.headers(limited(daily_tokens=1000, weekly_tokens=300))
     assert (headers["x-ratelimit-limit-tokens"], headers["x-ratelimit-remaining-tokens"]) == ("300", "200")
 

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from maxproxy.bus import TurnSettled
 from maxproxy.store import Store, UsageRow, UsageStore
-from maxproxy.turns.messages import PromptTokensDetails, Usage
 from maxproxy.usage import Ledger, seconds_to_midnight, today
 
 
@@ -22,22 +22,34 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await db.close()
 
 
-def usage(prompt: int, cached: int, completion: int) -> Usage:
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+def settled(key: str, model: str, prompt: int, cached: int, completion: int, cost: float) -> TurnSettled:
+    """A turn's accounting as the turn core publishes it (`prompt` counts the cached tokens, as OpenAI's does)."""
+    return TurnSettled(
+        key=key,
+        model=model,
+        family="sonnet",
+        input_tokens=prompt - cached,
+        cached_tokens=cached,
+        cache_creation_tokens=0,
+        output_tokens=completion,
+        cost_usd=cost,
+        cli_turns=(),
     )
+
+
+async def record(ledger: Ledger, key: str, model: str, prompt: int, cached: int, completion: int, cost: float) -> None:
+    """One settled turn heard by the ledger, then written."""
+    ledger.observe(settled(key, model, prompt, cached, completion, cost))
+    await ledger.flush()
 
 
 def day(days_ago: int) -> str:
     return (today() - dt.timedelta(days=days_ago)).isoformat()
 
 
-async def test_record_writes_a_row_with_the_prompt_split(store: Store) -> None:
+async def test_a_settled_turn_writes_a_row_with_the_prompt_split(store: Store) -> None:
     rows = UsageStore(store)
-    await Ledger(rows).record("bot", "claude-sonnet-4", usage(100, 30, 20), 0.25)
+    await record(Ledger(rows), "bot", "claude-sonnet-4", 100, 30, 20, 0.25)
     assert await rows.since(day(0)) == [
         UsageRow(
             day=day(0),
@@ -52,18 +64,17 @@ async def test_record_writes_a_row_with_the_prompt_split(store: Store) -> None:
     ]
 
 
-async def test_records_of_one_day_key_and_model_are_summed(store: Store) -> None:
+async def test_turns_of_one_day_key_and_model_are_summed(store: Store) -> None:
     rows = UsageStore(store)
     ledger = Ledger(rows)
-    await ledger.record("bot", "claude-sonnet-4", usage(100, 30, 20), 0.25)
-    await ledger.record("bot", "claude-sonnet-4", usage(50, 10, 5), 0.5)
-    await ledger.record("bot", "claude-sonnet-4", usage(1, 0, 1), 0.0, request=False)  # a turn's later part
-    await ledger.record("bot", "claude-opus-4", usage(7, 0, 3), 1.0)
-    await ledger.record("other", "claude-sonnet-4", usage(9, 0, 1), 0.0)
+    await record(ledger, "bot", "claude-sonnet-4", 100, 30, 20, 0.25)
+    await record(ledger, "bot", "claude-sonnet-4", 50, 10, 5, 0.5)
+    await record(ledger, "bot", "claude-opus-4", 7, 0, 3, 1.0)
+    await record(ledger, "other", "claude-sonnet-4", 9, 0, 1, 0.0)
     found = {(r.key, r.model): r for r in await rows.since(day(0))}
     assert len(found) == 3
     sonnet = found[("bot", "claude-sonnet-4")]
-    assert (sonnet.requests, sonnet.input_tokens, sonnet.cached_tokens, sonnet.output_tokens) == (2, 111, 40, 26)
+    assert (sonnet.requests, sonnet.input_tokens, sonnet.cached_tokens, sonnet.output_tokens) == (2, 110, 40, 25)
     assert sonnet.cost_usd == pytest.approx(0.75)
     assert [r.model for r in await rows.since(day(0), key="bot")] == ["claude-opus-4", "claude-sonnet-4"]
 
@@ -74,7 +85,7 @@ async def test_spent_sums_today_and_the_days_before(store: Store) -> None:
         await rows.add(UsageRow(day=day(days_ago), key="bot", model="claude-sonnet-4", input_tokens=tokens))
     ledger = Ledger(rows)
     await ledger.load()
-    await ledger.record("bot", "claude-sonnet-4", usage(40, 10, 5), 0.0)
+    await record(ledger, "bot", "claude-sonnet-4", 40, 10, 5, 0.0)
     assert ledger.spent("bot", 1) == 45
     assert ledger.spent("bot", 4) == 1045
     assert ledger.spent("bot", 7) == 1245  # 7 days ago is outside the week
@@ -83,8 +94,8 @@ async def test_spent_sums_today_and_the_days_before(store: Store) -> None:
 
 async def test_load_restores_the_totals_after_a_restart(store: Store) -> None:
     ledger = Ledger(UsageStore(store))
-    await ledger.record("bot", "claude-sonnet-4", usage(100, 30, 20), 0.25)
-    await ledger.record("bot", "claude-opus-4", usage(10, 0, 2), 0.25)
+    await record(ledger, "bot", "claude-sonnet-4", 100, 30, 20, 0.25)
+    await record(ledger, "bot", "claude-opus-4", 10, 0, 2, 0.25)
     await UsageStore(store).add(UsageRow(day=day(2), key="bot", model="claude-opus-4", output_tokens=500))
     await UsageStore(store).add(UsageRow(day=day(30), key="bot", model="claude-opus-4", output_tokens=9999))
     assert ledger.spent("bot", 1) == 132
@@ -105,12 +116,12 @@ def test_seconds_to_midnight_is_within_a_day() -> None:
     assert 0 < seconds_to_midnight() <= 86400
 
 
-async def test_noted_usage_counts_at_once_and_the_writer_stores_it(store: Store) -> None:
+async def test_a_heard_turn_counts_at_once_and_the_writer_stores_it(store: Store) -> None:
     rows = UsageStore(store)
     ledger = Ledger(rows)
     writer = asyncio.create_task(ledger.run())
     try:
-        ledger.note("bot", "claude-sonnet-4", usage(10, 0, 5), 0.01)
+        ledger.observe(settled("bot", "claude-sonnet-4", 10, 0, 5, 0.01))
         assert ledger.spent("bot", 1) == 15  # budgets see it before it is written
         async with asyncio.timeout(10):  # a bound for a broken writer only: the loop ends when the row is there
             while not (written := await rows.since(day(0))):
@@ -125,7 +136,7 @@ async def test_noted_usage_counts_at_once_and_the_writer_stores_it(store: Store)
 async def test_a_flush_cancelled_mid_write_writes_the_row_once(store: Store) -> None:
     rows = UsageStore(store)
     ledger = Ledger(rows)
-    ledger.note("bot", "claude-sonnet-4", usage(10, 0, 5), 0.0)
+    ledger.observe(settled("bot", "claude-sonnet-4", 10, 0, 5, 0.0))
     flushing = asyncio.create_task(ledger.flush())
     await asyncio.sleep(0)  # its statement is under way on the store's thread
     flushing.cancel()
