@@ -1,13 +1,14 @@
 """`create_app(settings)`: the aiohttp application — routes, middlewares, and one cleanup context per resource
-(the keys file watch, the Telegram notifier, the CLI probe, the model catalogue, the worker pool, the store,
-conversations with their sweeps, usage). Nothing happens at import time; a keys file that cannot be used stops
-`create_app` with `KeysError`.
+(the keys file watch, the Telegram notifier, the CLI probe, the model catalogue, the worker pool, the plan's
+refresher, the store, conversations with their sweeps, usage). Nothing happens at import time; a keys file that
+cannot be used stops `create_app` with `KeysError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -16,7 +17,8 @@ import structlog
 from aiohttp import web
 
 from maxproxy import __version__
-from maxproxy.api.middleware import auth_middleware, context_middleware, origin_middleware
+from maxproxy.api import page
+from maxproxy.api.middleware import auth_middleware, context_middleware, origin_middleware, secure_headers
 from maxproxy.api.routes import routes
 from maxproxy.breaker import Breaker
 from maxproxy.bus import Alert, Bus
@@ -26,8 +28,10 @@ from maxproxy.errors import error_middleware
 from maxproxy.keys import Keyring
 from maxproxy.metrics import Metrics
 from maxproxy.notifier import Notifier
+from maxproxy.plan import Plan
 from maxproxy.pool import Pool
 from maxproxy.quota import Quotas
+from maxproxy.recent import Recent
 from maxproxy.sessions import Sessions
 from maxproxy.settings import Settings
 from maxproxy.state import (
@@ -40,8 +44,10 @@ from maxproxy.state import (
     METRICS,
     MODELS,
     NOTIFIER,
+    PLAN,
     POOL,
     QUOTAS,
+    RECENT,
     SESSIONS,
     SETTINGS,
     STORE,
@@ -124,10 +130,20 @@ async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     catalog: Catalog = app[MODELS]
     pool = app[POOL] = Pool(app[SETTINGS], app[BUS], catalog)
-    app[METRICS].watch(pool, app[BREAKER])
+    app[METRICS].watch(pool, app[BREAKER], app[PLAN])
     await pool.start()
     yield
     await pool.close()
+
+
+async def _plan_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The plan's windows, asked of a worker between turns (`get_usage`: the plan's usage endpoint, not a billed
+    request) at start and every `plan_refresh_interval`."""
+    plan = app[PLAN]
+    plan.ask = functools.partial(app[POOL].ask, "get_usage", skip_behaviors=True)  # no scan of local transcripts
+    async with _running(plan.run(), "plan-refresh"):
+        yield
+    plan.ask = None
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -173,11 +189,16 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics(set(settings.model_table))
     app[BUS].listen(app[METRICS].observe)
     app[BUS].listen(app[BREAKER].hear)  # open before the next request is admitted
+    app[PLAN] = Plan(settings, app[BUS])
+    app[BUS].listen(app[PLAN].hear)
+    app[RECENT] = Recent()
     app[CLI] = CliStatus(path=settings.cli_path, error="starting")
     app[MODELS] = Catalog(settings)
     app.cleanup_ctx.extend(
         # Torn down in reverse: sessions drain (turns still being recorded) before usage flushes and the store closes.
-        [_keys_ctx, _notifier_ctx, _cli_ctx, _models_ctx, _pool_ctx, _store_ctx, _usage_ctx, _sessions_ctx]
+        [_keys_ctx, _notifier_ctx, _cli_ctx, _models_ctx, _pool_ctx, _plan_ctx, _store_ctx, _usage_ctx, _sessions_ctx]
     )
+    app.on_response_prepare.append(secure_headers)
     app.add_routes(routes)
+    app.add_routes(page.routes)  # the status page at `/`
     return app

@@ -41,7 +41,7 @@ class Alert(msgspec.Struct, frozen=True):
     """Something an operator should hear of, not tied to one turn's events: a watchdog timeout, workers that keep
     failing to start, the subscription breaker opening or closing, start-up and shutdown."""
 
-    kind: str  # "timeout", "crash_loop", "breaker", "lifecycle"
+    kind: str  # "timeout", "crash_loop", "breaker", "plan", "lifecycle"
     text: str
 
 

@@ -1,7 +1,8 @@
 """`GET /metrics` in the Prometheus text format (prometheus-client, one registry per app): requests by model, key and
 status; time to first token and request duration; queue depth and wait; workers by state; worker starts, recycles
-and crashes; tokens and cost by key and model; the subscription breaker. Counters and histograms are updated as
-requests end; the pool's and the breaker's state is read when the metrics are scraped.
+and crashes; tokens and cost by key and model; the subscription breaker; the plan's windows (utilization and reset
+time) and extra usage. Counters and histograms are updated as requests end; the pool's, the breaker's and the plan's
+state is read when the metrics are scraped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from maxproxy.breaker import Breaker
 from maxproxy.bus import Item, QueueWait, TurnSettled
+from maxproxy.plan import Plan
 from maxproxy.pool import Pool
 
 if TYPE_CHECKING:
@@ -80,18 +82,19 @@ class Metrics:
         self.tokens.labels(key, model, "output").inc(turn.output_tokens)
         self.cost.labels(key, model).inc(turn.cost_usd)
 
-    def watch(self, pool: Pool, breaker: Breaker) -> None:
-        """Read the pool's and the breaker's state at every scrape."""
-        self.registry.register(_State(pool, breaker))
+    def watch(self, pool: Pool, breaker: Breaker, plan: Plan) -> None:
+        """Read the pool's, the breaker's and the plan's state at every scrape."""
+        self.registry.register(_State(pool, breaker, plan))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _State(Collector):
-    def __init__(self, pool: Pool, breaker: Breaker) -> None:
+    def __init__(self, pool: Pool, breaker: Breaker, plan: Plan) -> None:
         self.pool = pool
         self.breaker = breaker
+        self.plan = plan
 
     def collect(self) -> Iterator[Metric]:
         pool = self.pool
@@ -123,6 +126,29 @@ class _State(Collector):
             breaker.add_metric([scope], 1 if scope in open_now else 0)
         yield breaker
         yield CounterMetricFamily("maxproxy_breaker_trips", "Times the breaker opened", value=self.breaker.trips)
+        yield from self._plan()
         yield CounterMetricFamily(
             "maxproxy_bus_dropped", "Event bus items lost to a full subscriber queue", value=pool.bus.dropped
+        )
+
+    def _plan(self) -> Iterator[Metric]:
+        """Only the windows known now (label values come from the CLI's plan, not from clients)."""
+        windows = self.plan.current()
+        used = GaugeMetricFamily(
+            "maxproxy_plan_utilization", "The plan's window used, as a fraction (1 = its limit)", labels=["window"]
+        )
+        resets = GaugeMetricFamily(
+            "maxproxy_plan_resets_at_seconds", "When the plan's window resets (Unix time)", labels=["window"]
+        )
+        for window in windows:
+            if window.utilization is not None:
+                used.add_metric([window.name], window.utilization)
+            if window.resets_at is not None:
+                resets.add_metric([window.name], window.resets_at)
+        yield used
+        yield resets
+        yield GaugeMetricFamily(
+            "maxproxy_plan_extra_usage_in_use",
+            "1 while answers are billed as extra usage",
+            value=int(bool(self.plan.overage.in_use)),
         )

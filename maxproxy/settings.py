@@ -23,7 +23,7 @@ PINNED_CLI_VERSION = "2.1.328"
 PROJECT_CLI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "claude"
 
 Seconds = Annotated[float, Meta(gt=0)]
-NoticeKind = Literal["progress", "timeout", "crash_loop", "breaker", "lifecycle"]
+NoticeKind = Literal["progress", "timeout", "crash_loop", "breaker", "plan", "lifecycle"]
 Count = Annotated[int, Meta(ge=0)]
 PermissionMode = Literal["default", "acceptEdits", "plan", "dontAsk", "auto", "bypassPermissions"]
 Family = Literal["opus", "sonnet", "haiku", "fable", "other"]
@@ -152,7 +152,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     telegram_notify_ids: list[str] = []
     telegram_api_base: str = "https://api.telegram.org"
     telegram_events: list[NoticeKind] = msgspec.field(
-        default_factory=lambda: ["progress", "timeout", "crash_loop", "breaker", "lifecycle"]
+        default_factory=lambda: ["progress", "timeout", "crash_loop", "breaker", "plan", "lifecycle"]
     )
     api_keys: list[str] = []
     # Named API keys with per-key limits (`[keys.NAME]` tables in a TOML file; README "Several bots"), reloaded on
@@ -162,6 +162,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # answer without a reset time keeps the breaker open this long.
     allow_extra_usage: bool = False
     breaker_seconds: Seconds = 600.0
+    # The plan's state (`plan`): a window crossing one of these percentages is announced (the notifier's `plan`
+    # alerts), once per window, threshold and reset; the CLI is asked for the plan's windows this often (0: at start
+    # and on demand only). Asking is never a billed request.
+    plan_warn_percent: list[Annotated[float, Meta(gt=0, le=100)]] = msgspec.field(default_factory=lambda: [80.0, 95.0])
+    plan_refresh_interval: Annotated[float, Meta(ge=0)] = 300.0
     cors_origins: list[str] = []  # browser Origins allowed to call the API; empty = none
     models: dict[str, Model] = {}
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -16,8 +16,10 @@ from maxproxy.claude.probe import CliStatus
 from maxproxy.keys import Key, Keyring
 from maxproxy.metrics import Metrics
 from maxproxy.notifier import Notifier
+from maxproxy.plan import Plan
 from maxproxy.pool import Pool
 from maxproxy.quota import Quotas
+from maxproxy.recent import Recent
 from maxproxy.sessions import Sessions
 from maxproxy.settings import Settings
 from maxproxy.store import Store
@@ -35,6 +37,8 @@ QUOTAS = web.AppKey("quotas", Quotas)
 BREAKER = web.AppKey("breaker", Breaker)
 METRICS = web.AppKey("metrics", Metrics)
 NOTIFIER = web.AppKey("notifier", Notifier)  # only when Telegram is configured
+PLAN = web.AppKey("plan", Plan)  # where the subscription's windows stand
+RECENT = web.AppKey("recent", Recent)  # the last requests that ran a turn (the status page)
 MODELS = web.AppKey("models", Catalog)  # the served model table: configured, then the CLI's list (start-up)
 
 

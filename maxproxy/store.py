@@ -47,6 +47,14 @@ CREATE TABLE IF NOT EXISTS usage (
     cost_usd REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (day, key, model)
 );
+CREATE TABLE IF NOT EXISTS usage_hours (
+    hour INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, key)
+);
 CREATE TABLE IF NOT EXISTS responses (
     id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -236,30 +244,54 @@ class UsageRow(msgspec.Struct):
 _USAGE_COLUMNS = "day, key, model, requests, input_tokens, cached_tokens, output_tokens, cost_usd"
 
 
+class HourRow(msgspec.Struct):
+    """A key's usage in one UTC hour (the status page's last 24 hours); rows older than two days are deleted."""
+
+    hour: int  # epoch seconds at the start of the hour
+    key: str
+    requests: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+
 class UsageStore:
     """The usage rows of a `Store` (same database, same connection)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def add(self, row: UsageRow) -> None:
-        await self._store._run(
-            "INSERT INTO usage (day, key, model, requests, input_tokens, cached_tokens, output_tokens, cost_usd) "
-            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (day, key, model) DO UPDATE "
-            "SET requests=requests+excluded.requests, input_tokens=input_tokens+excluded.input_tokens, "
-            "cached_tokens=cached_tokens+excluded.cached_tokens, output_tokens=output_tokens+excluded.output_tokens, "
-            "cost_usd=cost_usd+excluded.cost_usd",
+    async def add(self, row: UsageRow, hour: int | None = None) -> None:
+        """Add `row` to its day's row and, with `hour`, to its key's row for that hour (one transaction)."""
+        values = (row.day, row.key, row.model, row.requests, row.input_tokens, row.cached_tokens, row.output_tokens)
+        statements: list[tuple[str, tuple[object, ...]]] = [
             (
-                row.day,
-                row.key,
-                row.model,
-                row.requests,
-                row.input_tokens,
-                row.cached_tokens,
-                row.output_tokens,
-                row.cost_usd,
-            ),
+                "INSERT INTO usage (day, key, model, requests, input_tokens, cached_tokens, output_tokens, "
+                "cost_usd) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (day, key, model) DO UPDATE "
+                "SET requests=requests+excluded.requests, input_tokens=input_tokens+excluded.input_tokens, "
+                "cached_tokens=cached_tokens+excluded.cached_tokens, "
+                "output_tokens=output_tokens+excluded.output_tokens, cost_usd=cost_usd+excluded.cost_usd",
+                (*values, row.cost_usd),
+            )
+        ]
+        if hour is not None:
+            statements.append(
+                (
+                    "INSERT INTO usage_hours (hour, key, requests, tokens, cost_usd) VALUES (?,?,?,?,?) "
+                    "ON CONFLICT (hour, key) DO UPDATE SET requests=requests+excluded.requests, "
+                    "tokens=tokens+excluded.tokens, cost_usd=cost_usd+excluded.cost_usd",
+                    (hour, row.key, row.requests, row.total_tokens, row.cost_usd),
+                )
+            )
+        await self._store._batch(statements)
+
+    async def hours(self, since: int) -> list[HourRow]:
+        """Every key's hourly rows from the hour starting at `since`; older ones than two days before it go."""
+        await self._store._run("DELETE FROM usage_hours WHERE hour < ?", (since - 2 * 86400,))
+        rows = await self._store._run(
+            "SELECT hour, key, requests, tokens, cost_usd FROM usage_hours WHERE hour >= ? ORDER BY hour, key", (since,)
         )
+        names = ("hour", "key", "requests", "tokens", "cost_usd")
+        return [msgspec.convert(dict(zip(names, r, strict=True)), HourRow, strict=False) for r in rows]
 
     async def since(self, day: str, key: str | None = None) -> list[UsageRow]:
         sql = (

@@ -6,9 +6,11 @@ that no `claude` process outlives a test.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +22,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from maxproxy.app import create_app
+from maxproxy.bench.tunnel import Tunnel
 from maxproxy.bench.upstream import FakeUpstream
 from maxproxy.settings import PROJECT_CLI, Settings, check
 from openai import AsyncOpenAI
 
+from tests.fakes.telegram import FakeTelegram
 from tests.procs import children
 
 FAKE_CLI = Path(__file__).parent / "fakes" / "cli.py"
@@ -60,6 +64,57 @@ def cli_env(upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     return home
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegram]:
+    """A fake Telegram Bot API on loopback (the notifier's `telegram_api_base`)."""
+    fake = FakeTelegram()
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+STORED_TOKEN = "sk-ant-oat01-test"  # the stored login's access token: the plan-usage endpoint's bearer
+
+
+@pytest.fixture
+async def tunnel(upstream: FakeUpstream) -> AsyncIterator[Tunnel]:
+    """The CLI's only way to its fixed host (`bench.tunnel`): `CONNECT api.anthropic.com:443` reaches the fake upstream
+    over TLS from a test CA; every other target is refused, never dialed, and listed in `tunnel.refused`."""
+    proxy = Tunnel(upstream.url)
+    await proxy.start()
+    yield proxy
+    await proxy.close()
+
+
+@pytest.fixture
+def stored_login(
+    cli_env: Path, upstream: FakeUpstream, tunnel: Tunnel, monkeypatch: pytest.MonkeyPatch
+) -> FakeUpstream:
+    """Logged in as `claude /login` leaves it (a credentials file for a Max plan with the `user:profile` scope, no
+    CLAUDE_CODE_OAUTH_TOKEN), the CLI's fixed host reached through `tunnel`: `get_usage` then asks the fake's
+    plan-usage endpoint (script it with `upstream.usage = usage_body(...)` or `upstream.usage_status`; its requests are
+    in `upstream.usage_requests`). Nonessential traffic is allowed: with CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC the
+    CLI never asks the endpoint (measured), and what else it then asks its host for is in `upstream.side_requests`."""
+    credentials = cli_env / ".claude" / ".credentials.json"
+    credentials.parent.mkdir(exist_ok=True)
+    login = {
+        "accessToken": STORED_TOKEN,
+        "refreshToken": "sk-ant-ort01-test",
+        "expiresAt": int((time.time() + 3600) * 1000),  # valid for the test: no refresh is attempted
+        "scopes": ["user:inference", "user:profile"],
+        "subscriptionType": "max",
+        "rateLimitTier": "default_claude_max_20x",
+    }
+    credentials.write_text(json.dumps({"claudeAiOauth": login}))
+    for name in ("CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"):
+        monkeypatch.delenv(name)
+    for name in ("https_proxy", "http_proxy", "no_proxy", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)  # the tunnel's variables must be the only proxy settings
+    for name, value in tunnel.environment().items():
+        monkeypatch.setenv(name, value)
+    return upstream
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -13,18 +13,23 @@ import structlog
 from aiohttp import web
 
 from maxproxy import errors
+from maxproxy.api import page
 from maxproxy.conversation import owner_of
 from maxproxy.errors import Handler
 from maxproxy.keys import LOCAL
-from maxproxy.state import ACCESS, INFLIGHT, KEY, KEYS, METRICS, OWNER, SETTINGS, Access
+from maxproxy.recent import Entry
+from maxproxy.state import ACCESS, INFLIGHT, KEY, KEYS, METRICS, OWNER, RECENT, SETTINGS, Access
 
 log = structlog.get_logger("maxproxy.access")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-TURN_PATHS = frozenset(
-    {"/v1/chat/completions", "/v1/responses", "/v1/messages"}
-)  # requests that run a turn: counted in metrics
-OPEN_PATHS = frozenset({"/health"})  # liveness must work without a key (service managers, `doctor`)
+# Requests that run a turn, by protocol: counted in metrics and listed on the status page.
+TURN_PATHS = {"/v1/chat/completions": "chat", "/v1/responses": "responses", "/v1/messages": "messages"}
+# Without a key: liveness (service managers, `doctor`), and the status page itself, which holds no data (its script
+# asks `/v1/status` with the key the operator enters).
+OPEN_PATHS = frozenset({"/health"}) | page.PATHS
+# The status page asks every few seconds while it is open: its answered requests are access lines at debug level.
+QUIET_PATHS = frozenset({"/v1/status"}) | page.PATHS
 
 
 @web.middleware
@@ -34,6 +39,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     request_id = supplied if _REQUEST_ID.fullmatch(supplied) else "req_" + secrets.token_hex(8)
     structlog.contextvars.bind_contextvars(request_id=request_id)
     access = request[ACCESS] = Access()
+    began = time.time()
     started = time.monotonic()
     status = 500
     counted = request.app[INFLIGHT].enter()
@@ -52,17 +58,46 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         if counted:
             request.app[INFLIGHT].leave()
-        if request.path in TURN_PATHS:
-            request.app[METRICS].request(access, status, time.monotonic() - started)
-        log.info(
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        if (protocol := TURN_PATHS.get(request.path)) is not None:
+            request.app[METRICS].request(access, status, duration_ms / 1000)
+            if request.method == "POST":
+                request.app[RECENT].add(_entry(request, request_id, protocol, began, status, duration_ms))
+        quiet = request.path in QUIET_PATHS and status < 400
+        (log.debug if quiet else log.info)(
             "request",
             method=request.method,
             path=request.path,
             status=status,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            duration_ms=duration_ms,
             **{k: v for k, v in vars(access).items() if v is not None},
         )
         structlog.contextvars.unbind_contextvars("request_id")
+
+
+def _entry(
+    request: web.Request, request_id: str, protocol: str, began: float, status: int, duration_ms: float
+) -> Entry:
+    access = request[ACCESS]
+    return Entry(
+        time=began,
+        request_id=request_id,
+        key=access.key_name if request.app[KEYS].enabled else LOCAL.name,  # None: refused before a key was known
+        model=access.model,
+        protocol=protocol,
+        path=request.path,
+        status=status,
+        stream=access.stream,
+        ttft_ms=access.ttft_ms,
+        duration_ms=duration_ms,
+        input_tokens=access.prompt_tokens,
+        output_tokens=access.completion_tokens,
+    )
+
+
+async def secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: no response is sniffed into another type (streams included)."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
 
 def _cors_headers(origin: str) -> dict[str, str]:
@@ -95,7 +130,10 @@ async def origin_middleware(request: web.Request, handler: Handler) -> web.Strea
     if settings.loopback and _host_name(request.host.lower()) not in _LOOPBACK_NAMES | {settings.host}:
         raise errors.Forbidden(f"Host {request.host!r} is not a loopback name", code="host_not_allowed")
     origin = request.headers.get("Origin")
-    if origin is None:
+    if origin is None or origin == f"{request.scheme}://{request.host}":
+        # No Origin: not a browser's cross-origin request. maxproxy's own origin: its status page (the Host is a
+        # loopback name here on a loopback bind; beyond loopback every request needs a key, which a foreign page
+        # does not have: the page keeps it in its own origin's sessionStorage).
         return await handler(request)
     if origin not in settings.cors_origins:
         raise errors.Forbidden(f"Origin {origin!r} is not allowed (setting `cors_origins`)", code="origin_not_allowed")

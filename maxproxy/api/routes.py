@@ -14,6 +14,7 @@ becomes a final `data: {"error": ...}` event before `[DONE]`.
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import msgspec
 import structlog
@@ -24,6 +25,8 @@ from maxproxy.api import stored_responses
 from maxproxy.api.sse import complete, relay
 from maxproxy.catalog import Catalog
 from maxproxy.metrics import CONTENT_TYPE
+from maxproxy.pool import Pool
+from maxproxy.pool.holder import WorkerState
 from maxproxy.state import (
     ACCESS,
     BREAKER,
@@ -35,8 +38,10 @@ from maxproxy.state import (
     METRICS,
     MODELS,
     OWNER,
+    PLAN,
     POOL,
     QUOTAS,
+    RECENT,
     SESSIONS,
     SETTINGS,
 )
@@ -46,13 +51,13 @@ from maxproxy.wire import chat, messages, models, responses, token_count
 from maxproxy.wire.models import ModelCard, ModelList
 
 routes = web.RouteTableDef()
+STATUS_REFRESH_SECONDS = 3  # how often the status page asks again
 ANTHROPIC_VERSION = "anthropic-version"  # sent by the Anthropic SDKs: their model list wants Anthropic's shape
 
 
-@routes.get("/health")
-async def health(request: web.Request) -> web.Response:
-    cli = request.app[CLI]
-    pool = request.app[POOL]
+def _problems(app: web.Application) -> list[str]:
+    """What keeps maxproxy from serving, each said so that it can be fixed (as `maxproxy doctor` would)."""
+    cli, pool = app[CLI], app[POOL]
     problems = []
     if (problem := cli.problem()) is not None:
         problems.append(problem)
@@ -62,6 +67,18 @@ async def health(request: web.Request) -> web.Response:
         )
     if pool.draining:
         problems.append("shutting down")
+    return problems
+
+
+def _workers(pool: Pool) -> dict[str, int]:
+    return {"total": pool.total, "busy": pool.busy, "idle": pool.idle, "starting": pool.starting, "queued": pool.queued}
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    cli = request.app[CLI]
+    pool = request.app[POOL]
+    problems = _problems(request.app)
     ready = not problems
     body = {
         "status": "ok" if ready else "unavailable",
@@ -79,11 +96,9 @@ async def health(request: web.Request) -> web.Response:
             "billing": cli.billing,
             "error": cli.error,
         },
-        "workers": {"busy": pool.busy, "idle": pool.idle, "starting": pool.starting, "queued": pool.queued},
-        "breaker": [
-            {"scope": trip.scope, "until": int(trip.until), "reason": trip.reason}
-            for trip in request.app[BREAKER].state()
-        ],
+        "workers": _workers(pool),
+        "breaker": _breaker(request.app),
+        "plan": request.app[PLAN].summary(),  # e.g. "five_hour 97%, seven_day 41%" (None: nothing heard yet)
     }
     headers = {} if ready else {"Retry-After": str(max(1, round(pool.backoff_seconds or 5)))}
     return web.json_response(body, status=200 if ready else 503, headers=headers)
@@ -238,13 +253,98 @@ async def get_usage(request: web.Request) -> web.Response:
         name: sum(item[name] for item in data)
         for name in ("requests", "input_tokens", "cached_tokens", "output_tokens", "total_tokens", "cost_usd")
     }
-    return web.json_response({"object": "list", "since": since, "data": data, "totals": totals})
+    plan = msgspec.to_builtins(request.app[PLAN].snapshot())  # the subscription's, whichever key asks
+    return web.json_response({"object": "list", "since": since, "data": data, "totals": totals, "plan": plan})
+
+
+def _breaker(app: web.Application) -> list[dict[str, object]]:
+    return [{"scope": trip.scope, "until": int(trip.until), "reason": trip.reason} for trip in app[BREAKER].state()]
+
+
+def _admin(request: web.Request, message: str) -> None:
+    if request.app[KEYS].enabled and not request[KEY].admin:
+        raise errors.Forbidden(message)
+
+
+@routes.post("/v1/usage/plan/refresh")
+async def refresh_plan(request: web.Request) -> web.Response:
+    """Ask the CLI for the plan's windows now (its usage endpoint; never a billed request)."""
+    _admin(request, "Refreshing the plan needs an admin key")
+    plan = request.app[PLAN]
+    if await plan.refresh() is None:
+        raise errors.Unavailable("No CLI worker is between turns to ask; try again in a few seconds", retry_after=5)
+    return web.Response(body=_encode({"plan": plan.snapshot()}), content_type="application/json")
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+@routes.get("/v1/status")
+async def status(request: web.Request) -> web.Response:
+    """Everything the status page shows, in one answer (admin): the plan, the breaker, workers and queues, each key's
+    usage today, over 7 days and by the hour, the last requests, the CLI and any problem."""
+    _admin(request, "The status needs an admin key")
+    app = request.app
+    cli, pool, ledger, catalog = app[CLI], app[POOL], app[LEDGER], app[MODELS]
+    await ledger.flush()
+    first_day = today()
+    rows = await ledger.rows.since((first_day - dt.timedelta(days=6)).isoformat())
+    usage: dict[str, dict[str, dict[str, float]]] = {}
+    for row in rows:
+        spans = usage.setdefault(row.key, {"today": _zero(), "week": _zero()})
+        for span in ("today", "week") if row.day == first_day.isoformat() else ("week",):
+            total = spans[span]
+            total["requests"] += row.requests
+            total["input_tokens"] += row.input_tokens
+            total["cached_tokens"] += row.cached_tokens
+            total["output_tokens"] += row.output_tokens
+            total["total_tokens"] += row.total_tokens
+            total["cost_usd"] += row.cost_usd
+    states = pool.by_state()
+    families = sorted({model.family for model in catalog.values()} | set(pool.queue_depths()))
+    body = {
+        "version": __version__,
+        "now": time.time(),
+        "refresh_seconds": STATUS_REFRESH_SECONDS,
+        "problems": _problems(app),
+        "cli": {
+            "version": cli.version,
+            "pinned_version": cli.pinned_version,
+            "path": cli.path,
+            "login": cli.token_source,
+            "subscription_type": cli.subscription_type,
+            "billing": cli.billing,
+            "logged_in": cli.logged_in,
+        },
+        "breaker": _breaker(app),
+        "plan": app[PLAN].snapshot(),
+        "workers": {
+            **_workers(pool),
+            "max": app[SETTINGS].max_workers,
+            "states": {state.value: states[state] for state in WorkerState},
+        },
+        "families": [
+            {
+                "family": family,
+                "busy": pool.admission.busy_in(family),
+                "limit": min(app[SETTINGS].limits.of(family), app[SETTINGS].max_workers),
+                "queued": pool.queue_depths().get(family, 0),
+            }
+            for family in families
+        ],
+        "keys": [{"name": name, **spans, "hours": ledger.hours(name)} for name, spans in sorted(usage.items())],
+        "recent": app[RECENT].entries(),
+    }
+    return web.Response(body=_encode(body), content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def _zero() -> dict[str, float]:
+    return dict.fromkeys(("requests", "input_tokens", "cached_tokens", "output_tokens", "total_tokens", "cost_usd"), 0)
 
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    if request.app[KEYS].enabled and not request[KEY].admin:
-        raise errors.Forbidden("Metrics need an admin key")
+    _admin(request, "Metrics need an admin key")
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 

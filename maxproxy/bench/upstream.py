@@ -5,12 +5,16 @@ Each test scripts the answers: `upstream.push(Reply(...))` queues the answer to 
 queue is empty the default reply is used. A reply is streamed text (with per-delta delays), thinking, `tool_use`
 blocks, an HTTP error (401/429/500/529, with headers such as `retry-after` or the subscription rate-limit headers), a
 hang before the response headers, a hang mid-stream, or a connection dropped mid-stream. Every request the CLI made is
-recorded (`upstream.requests`) so tests can assert exactly what reached the model.
+recorded (`upstream.requests`) so tests can assert exactly what reached the model. It also serves the plan-usage
+endpoint the CLI asks for `get_usage` under a stored claude.ai login (`GET /api/oauth/usage`, reached through
+`bench.tunnel`): `upstream.usage` is the body it answers (see `usage_body`), `usage_status` scripts an error, and each
+such request is recorded apart, in `upstream.usage_requests`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import json
 import time
@@ -22,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 JSON = dict[str, Any]
+TUNNELED_HOST = "api.anthropic.com"  # the CLI's fixed host, reached only through `bench.tunnel`
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,16 @@ class Received:
 
 
 @dataclass
+class UsageRequest:
+    """One `GET /api/oauth/usage` as it arrived."""
+
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
 class FakeUpstream:
     default: Reply = field(default_factory=Reply)
     responder: Callable[[Received], Reply | None] | None = None
@@ -135,6 +150,16 @@ class FakeUpstream:
     _runner: web.AppRunner | None = None
     _hangs: set[asyncio.Event] = field(default_factory=set)
     url: str = ""
+    # The plan-usage endpoint: the body it answers (None: every window null), or an error of `usage_status` (with
+    # `usage_headers`), or no answer at all (`usage_hang`, until close).
+    usage: JSON | None = None
+    usage_status: int = 200
+    usage_headers: dict[str, str] = field(default_factory=dict)
+    usage_hang: bool = False
+    usage_requests: list[UsageRequest] = field(default_factory=list)
+    # What else the CLI asked its fixed host for through `bench.tunnel` (profile, feature flags, bootstrap), answered
+    # 404 and kept out of `requests`.
+    side_requests: list[Received] = field(default_factory=list)
 
     def push(self, *replies: Reply) -> None:
         self._queue.extend(replies)
@@ -148,6 +173,7 @@ class FakeUpstream:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        app.router.add_get("/api/oauth/usage", self._usage)
         app.router.add_route("*", "/{tail:.*}", self._other)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
@@ -173,8 +199,24 @@ class FakeUpstream:
         return received
 
     async def _other(self, request: web.Request) -> web.Response:
-        await self._record(request)
+        if request.host == TUNNELED_HOST:
+            raw = await request.read()
+            self.side_requests.append(
+                Received(request.path_qs, dict(request.headers), {"raw": raw.decode(errors="replace")})
+            )
+        else:
+            await self._record(request)
         return web.json_response({"type": "error", "error": {"type": "not_found_error", "message": "nope"}}, status=404)
+
+    async def _usage(self, request: web.Request) -> web.Response:
+        self.usage_requests.append(UsageRequest(request.path, dict(request.query), dict(request.headers)))
+        if self.usage_hang:
+            await self._hang()
+        if self.usage_status != 200:
+            kind = {429: "rate_limit_error", 401: "authentication_error"}.get(self.usage_status, "api_error")
+            error = {"type": "error", "error": {"type": kind, "message": f"fake error {self.usage_status}"}}
+            return web.json_response(error, status=self.usage_status, headers=self.usage_headers)
+        return web.json_response(usage_body() if self.usage is None else self.usage, headers=self.usage_headers)
 
     async def _count_tokens(self, request: web.Request) -> web.Response:
         await self._record(request)
@@ -303,6 +345,29 @@ class FakeUpstream:
         }
 
 
+def plan_headers(
+    five_hour: float, seven_day: float = 0.41, *, overage_in_use: bool = False
+) -> tuple[tuple[str, str], ...]:
+    """An allowed answer's subscription headers at these utilizations (fractions), the windows resetting in 1 h and 3
+    days, for `Reply(headers=...)`; the CLI turns them into a `rate_limit_event` with `unifiedWindows` (measured)."""
+    now = int(time.time())
+    warning = "allowed_warning" if five_hour >= 0.9 else "allowed"
+    headers = {
+        "anthropic-ratelimit-unified-status": warning,
+        "anthropic-ratelimit-unified-reset": str(now + 3600),
+        "anthropic-ratelimit-unified-representative-claim": "five_hour",
+        "anthropic-ratelimit-unified-5h-utilization": str(five_hour),
+        "anthropic-ratelimit-unified-5h-reset": str(now + 3600),
+        "anthropic-ratelimit-unified-5h-status": warning,
+        "anthropic-ratelimit-unified-7d-utilization": str(seven_day),
+        "anthropic-ratelimit-unified-7d-reset": str(now + 3 * 86400),
+        "anthropic-ratelimit-unified-7d-status": "allowed",
+        "anthropic-ratelimit-unified-overage-status": "allowed",
+        "anthropic-ratelimit-unified-overage-in-use": "true" if overage_in_use else "false",
+    }
+    return tuple(headers.items())
+
+
 def plan_limit(reset_in: float, *, overage: bool = False) -> dict[str, str]:
     """The subscription rate-limit headers of an upstream answer (protocol note §13)."""
     headers = {
@@ -314,3 +379,35 @@ def plan_limit(reset_in: float, *, overage: bool = False) -> dict[str, str]:
     if overage:
         headers["anthropic-ratelimit-unified-overage-in-use"] = "true"
     return headers
+
+
+Window = tuple[float, float]  # (utilization in percent 0-100, resets_at as epoch seconds)
+
+
+def usage_body(
+    *,
+    five_hour: Window | None = None,
+    seven_day: Window | None = None,
+    seven_day_opus: Window | None = None,
+    seven_day_sonnet: Window | None = None,
+    extra_usage: JSON | None = None,
+) -> JSON:
+    """A plan-usage endpoint body: each window `{utilization, resets_at}` (percent, ISO 8601) or null. The pinned CLI
+    passes such a body through as `get_usage`'s `rate_limits` (one with none of these keys it calls an in-band
+    error)."""
+
+    def window(value: Window | None) -> JSON | None:
+        if value is None:
+            return None
+        utilization, resets_at = value
+        stamp = datetime.datetime.fromtimestamp(resets_at, datetime.UTC).isoformat().replace("+00:00", "Z")
+        return {"utilization": utilization, "resets_at": stamp}
+
+    return {
+        "five_hour": window(five_hour),
+        "seven_day": window(seven_day),
+        "seven_day_oauth_apps": None,
+        "seven_day_opus": window(seven_day_opus),
+        "seven_day_sonnet": window(seven_day_sonnet),
+        "extra_usage": extra_usage,
+    }

@@ -121,12 +121,23 @@ class Result(Struct, frozen=True, tag="result"):
     duration_ms: float | None = None
 
 
+class WindowInfo(Struct, frozen=True):
+    """One plan window in a `rate_limit_event` (`unifiedWindows`): utilization is a fraction (0.97 = 97%)."""
+
+    utilization: float | None = None
+    resetsAt: float | None = None  # noqa: N815
+    status: str | None = None
+
+
 class RateLimitInfo(Struct, frozen=True):
     status: str | None = None
     resetsAt: float | None = None  # noqa: N815
     rateLimitType: str | None = None  # noqa: N815
     isUsingOverage: bool | None = None  # noqa: N815
     overageStatus: str | None = None  # noqa: N815
+    overageDisabledReason: str | None = None  # noqa: N815
+    overageInUse: bool | None = None  # noqa: N815
+    unifiedWindows: dict[str, WindowInfo] | None = None  # noqa: N815
 
 
 class RateLimit(Struct, frozen=True, tag="rate_limit_event"):

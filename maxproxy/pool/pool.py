@@ -85,6 +85,10 @@ class Pool:
             "stopping": by_state[S.STOPPING],
         }
 
+    def by_state(self) -> collections.Counter[WorkerState]:
+        """Every process by its holder's state (the status page)."""
+        return collections.Counter(h.state for h in self._holders)
+
     @property
     def busy(self) -> int:
         return self.admission.busy
@@ -97,6 +101,11 @@ class Pool:
     @property
     def starting(self) -> int:
         return self._count(S.STARTING)
+
+    @property
+    def total(self) -> int:
+        """CLI processes starting or up (what counts against `max_workers`, less those being stopped)."""
+        return sum(1 for h in self._holders if h.state is not S.STOPPING)
 
     @property
     def queued(self) -> int:
@@ -203,6 +212,18 @@ class Pool:
             self._retire(holder, RetireReason.SHUTDOWN)
         stopping = [h.worker.stop() for h in self._holders if h.state is S.STOPPING]
         await asyncio.gather(*stopping, return_exceptions=True)
+
+    async def ask(self, subtype: str, **fields: Any) -> dict[str, Any] | None:
+        """A control request that only reads the CLI's state (`get_usage`), sent to a worker between turns: an idle
+        one, else one holding a conversation (a read changes neither), never one starting or in a turn. None when no
+        worker is between turns now. The worker stays in the pool meanwhile: a turn may start on it, and the CLI
+        answers the request beside the turn."""
+        if self._closed:
+            return None
+        between = [h for h in self._holders if h.state is S.IDLE] or [h for h in self._holders if h.state is S.HOLDING]
+        if not between:
+            return None
+        return await between[0].worker.control(subtype, **fields)
 
     # --- lending ---------------------------------------------------------------------------------------------------
 

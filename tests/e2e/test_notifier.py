@@ -4,25 +4,15 @@ and a Telegram that is slow, failing or rate-limiting never touching the request
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from maxproxy.bench.upstream import FakeUpstream, Reply, ToolUse, plan_limit
 
 from tests.conftest import Proxy, ProxyFactory, fake_cli, wait_for
 from tests.fakes.telegram import TOKEN, FakeTelegram
 
 HELLO: Any = [{"role": "user", "content": "say hi with bash"}]
-
-
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    fake = FakeTelegram()
-    await fake.start()
-    yield fake
-    await fake.close()
 
 
 async def notifying(start_proxy: ProxyFactory, telegram: FakeTelegram, **overrides: Any) -> Proxy:
