@@ -78,14 +78,6 @@ class _Scoped(msgspec.Struct, frozen=True):
     resets_at: str | None = None
 
 
-class _Extra(msgspec.Struct, frozen=True):
-    is_enabled: bool | None = None
-    monthly_limit: float | None = None
-    used_credits: float | None = None
-    utilization: float | None = None  # percent
-    currency: str | None = None
-
-
 class _Answer(msgspec.Struct, frozen=True):
     """The parts of the CLI's get_usage answer the plan reads (the rest — session cost, behaviours — is ignored)."""
 
@@ -182,10 +174,8 @@ class Plan:
         if value is None:
             return  # a window this plan does not have
         if name == "extra_usage":
-            extra = msgspec.convert(value, _Extra, strict=False)
-            self.extra_usage = ExtraUsage(
-                extra.is_enabled, extra.monthly_limit, extra.used_credits, _fraction(extra.utilization), extra.currency
-            )
+            extra = msgspec.convert(value, ExtraUsage, strict=False)  # its utilization in percent, as given
+            self.extra_usage = msgspec.structs.replace(extra, utilization=_fraction(extra.utilization))
         elif name == "model_scoped":
             for scoped in msgspec.convert(value, list[_Scoped], strict=False):
                 self._reading(f"seven_day_{_slug(scoped.display_name)}", scoped.utilization, scoped.resets_at)

@@ -156,6 +156,8 @@ async def test_the_plan_at_97_percent_shows_with_a_warning(
     )
     assert message
     assert await browser.text(f"{five} .pct") == "97%"  # re-rendered from the refresh's answer
+    # This login (CLAUDE_CODE_OAUTH_TOKEN) cannot read the usage endpoint: the page says where the figures came from.
+    assert (await browser.text("#plan-source")).startswith("answers only")
 
 
 async def test_without_the_admin_key_no_data_is_shown(

@@ -92,6 +92,10 @@ function renderPlan(plan) {
     o.status == null ? "unknown" : `${o.status}${o.in_use ? ", in use" : ""}${o.disabled_reason ? ` (${o.disabled_reason})` : ""}`;
   $("#overage").className = o.in_use ? "bad" : "";
   $("#plan-updated").textContent = plan.updated_at ? clock(plan.updated_at) : "never";
+  // A login without the profile scope (CLAUDE_CODE_OAUTH_TOKEN) cannot read the plan's usage endpoint.
+  $("#plan-source").textContent =
+    plan.limits_available === false ? "answers only (this login cannot read the usage endpoint)"
+      : plan.limits_available ? "answers and the usage endpoint" : "answers";
 }
 
 function renderWindow(w, thresholds) {
