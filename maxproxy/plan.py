@@ -203,14 +203,18 @@ class Plan:
             for w in sorted(self.windows.values(), key=lambda w: w.name)
         ]
 
+    def _crossed(self, window: Window) -> float | None:
+        """The highest `plan_warn_percent` threshold the window is at or past (None: none, or not known)."""
+        if window.utilization is None:
+            return None
+        return max((t for t in self.settings.plan_warn_percent if window.utilization * 100 >= t), default=None)
+
     def warnings(self) -> list[str]:
-        lowest = min(self.settings.plan_warn_percent, default=None)
         out = []
         for window in self.current():
             if window.status == "rejected":
                 out.append(f"{window.name} limit reached{_resets(window, self.clock())}")
-            elif lowest is not None and window.utilization is not None and window.utilization * 100 >= lowest:
-                crossed = max(t for t in self.settings.plan_warn_percent if window.utilization * 100 >= t)
+            elif (crossed := self._crossed(window)) is not None:
                 out.append(
                     f"{window.name} at {window.utilization:.0%} (warn at {crossed:g}%){_resets(window, self.clock())}"
                 )
@@ -245,17 +249,16 @@ class Plan:
     # --- warnings --------------------------------------------------------------------------------------------------
 
     def _check(self) -> None:
-        thresholds = sorted(self.settings.plan_warn_percent)
         now = self.clock()
         for window in self.current():
             if window.utilization is None:
                 continue
-            crossed = [t for t in thresholds if window.utilization * 100 >= t]
+            crossed = self._crossed(window)
             reset, told = self._warned.get(window.name, (window.resets_at, 0.0))
             if reset != window.resets_at:  # a new period: its thresholds are told afresh
                 told = 0.0
-            if crossed and crossed[-1] > told:
-                told = crossed[-1]  # one alert for the highest threshold crossed, however many at once
+            if crossed is not None and crossed > told:
+                told = crossed  # one alert for the highest threshold crossed, however many at once
                 self.bus.announce(
                     Alert(
                         "plan",

@@ -81,12 +81,13 @@ class Ledger:
         )
         self._tokens[(key, row.day)] += row.total_tokens
         hour = this_hour()
+        if (key, hour) not in self._hours:  # the key's first use this hour: hours past the window go
+            for stale in [k for k in self._hours if k[1] <= hour - HOURS * 3600]:
+                del self._hours[stale]
         kept = self._hours.setdefault((key, hour), HourRow(hour=hour, key=key))
         kept.requests += requests
         kept.tokens += row.total_tokens
         kept.cost_usd += cost
-        for stale in [k for k in self._hours if k[1] <= hour - HOURS * 3600]:
-            del self._hours[stale]
         self._pending.append((row, hour))
         self._wake.set()
 

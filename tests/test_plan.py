@@ -15,6 +15,7 @@ from maxproxy.claude.events import RateLimit, RateLimitInfo, WindowInfo, decode
 from maxproxy.plan import Plan, Window
 
 from tests.conftest import make_settings
+from tests.test_usage import settled as usage_settled
 
 NOW = 1_796_140_000.0
 # A line the real CLI 2.1.328 wrote for an answer with the plan's headers at 97% (five-hour) and 41% (weekly),
@@ -68,17 +69,7 @@ def plan(tmp_path: Path, bus: Bus) -> Plan:
 
 
 def settled(info: RateLimitInfo) -> TurnSettled:
-    return TurnSettled(
-        key="bot",
-        model="claude-sonnet-4",
-        family="sonnet",
-        input_tokens=10,
-        cached_tokens=0,
-        cache_creation_tokens=0,
-        output_tokens=5,
-        cost_usd=0.0,
-        cli_turns=(CliTurn(rate_limit=info, result=None),),
-    )
+    return usage_settled("bot", "claude-sonnet-4", 10, 0, 5, 0.0, (CliTurn(rate_limit=info, result=None),))
 
 
 def at(utilization: float, resets: float = NOW + 3600) -> RateLimitInfo:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from maxproxy.bus import TurnSettled
+from maxproxy.bus import CliTurn, TurnSettled
 from maxproxy.store import Store, UsageRow, UsageStore
 from maxproxy.usage import Ledger, seconds_to_midnight, today
 
@@ -22,7 +22,9 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await db.close()
 
 
-def settled(key: str, model: str, prompt: int, cached: int, completion: int, cost: float) -> TurnSettled:
+def settled(
+    key: str, model: str, prompt: int, cached: int, completion: int, cost: float, cli_turns: tuple[CliTurn, ...] = ()
+) -> TurnSettled:
     """A turn's accounting as the turn core publishes it (`prompt` counts the cached tokens, as OpenAI's does)."""
     return TurnSettled(
         key=key,
@@ -33,7 +35,7 @@ def settled(key: str, model: str, prompt: int, cached: int, completion: int, cos
         cache_creation_tokens=0,
         output_tokens=completion,
         cost_usd=cost,
-        cli_turns=(),
+        cli_turns=cli_turns,
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Iterable
 
 import msgspec
 import structlog
@@ -45,6 +46,7 @@ from maxproxy.state import (
     SESSIONS,
     SETTINGS,
 )
+from maxproxy.store import UsageRow
 from maxproxy.turns.core import Caller, Core, Outcome
 from maxproxy.usage import today
 from maxproxy.wire import chat, messages, models, responses, token_count
@@ -52,6 +54,8 @@ from maxproxy.wire.models import ModelCard, ModelList
 
 routes = web.RouteTableDef()
 STATUS_REFRESH_SECONDS = 3  # how often the status page asks again
+TOTALS = ("requests", "input_tokens", "cached_tokens", "output_tokens", "total_tokens", "cost_usd")
+_encode = msgspec.json.Encoder().encode
 ANTHROPIC_VERSION = "anthropic-version"  # sent by the Anthropic SDKs: their model list wants Anthropic's shape
 
 
@@ -249,10 +253,7 @@ async def get_usage(request: web.Request) -> web.Response:
     await ledger.flush()
     rows = await ledger.rows.since(since, who)
     data = [{**msgspec.structs.asdict(row), "total_tokens": row.total_tokens} for row in rows]
-    totals = {
-        name: sum(item[name] for item in data)
-        for name in ("requests", "input_tokens", "cached_tokens", "output_tokens", "total_tokens", "cost_usd")
-    }
+    totals = _totals(rows)
     plan = msgspec.to_builtins(request.app[PLAN].snapshot())  # the subscription's, whichever key asks
     return web.json_response({"object": "list", "since": since, "data": data, "totals": totals, "plan": plan})
 
@@ -276,9 +277,6 @@ async def refresh_plan(request: web.Request) -> web.Response:
     return web.Response(body=_encode({"plan": plan.snapshot()}), content_type="application/json")
 
 
-_encode = msgspec.json.Encoder().encode
-
-
 @routes.get("/v1/status")
 async def status(request: web.Request) -> web.Response:
     """Everything the status page shows, in one answer (admin): the plan, the breaker, workers and queues, each key's
@@ -289,19 +287,12 @@ async def status(request: web.Request) -> web.Response:
     await ledger.flush()
     first_day = today()
     rows = await ledger.rows.since((first_day - dt.timedelta(days=6)).isoformat())
-    usage: dict[str, dict[str, dict[str, float]]] = {}
+    by_key: dict[str, list[UsageRow]] = {}
     for row in rows:
-        spans = usage.setdefault(row.key, {"today": _zero(), "week": _zero()})
-        for span in ("today", "week") if row.day == first_day.isoformat() else ("week",):
-            total = spans[span]
-            total["requests"] += row.requests
-            total["input_tokens"] += row.input_tokens
-            total["cached_tokens"] += row.cached_tokens
-            total["output_tokens"] += row.output_tokens
-            total["total_tokens"] += row.total_tokens
-            total["cost_usd"] += row.cost_usd
+        by_key.setdefault(row.key, []).append(row)
     states = pool.by_state()
-    families = sorted({model.family for model in catalog.values()} | set(pool.queue_depths()))
+    depths = pool.queue_depths()
+    families = sorted({model.family for model in catalog.values()} | set(depths))
     body = {
         "version": __version__,
         "now": time.time(),
@@ -328,18 +319,28 @@ async def status(request: web.Request) -> web.Response:
                 "family": family,
                 "busy": pool.admission.busy_in(family),
                 "limit": min(app[SETTINGS].limits.of(family), app[SETTINGS].max_workers),
-                "queued": pool.queue_depths().get(family, 0),
+                "queued": depths.get(family, 0),
             }
             for family in families
         ],
-        "keys": [{"name": name, **spans, "hours": ledger.hours(name)} for name, spans in sorted(usage.items())],
+        "keys": [
+            {
+                "name": name,
+                "today": _totals(row for row in kept if row.day == first_day.isoformat()),
+                "week": _totals(kept),
+                "hours": ledger.hours(name),
+            }
+            for name, kept in sorted(by_key.items())
+        ],
         "recent": app[RECENT].entries(),
     }
     return web.Response(body=_encode(body), content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
-def _zero() -> dict[str, float]:
-    return dict.fromkeys(("requests", "input_tokens", "cached_tokens", "output_tokens", "total_tokens", "cost_usd"), 0)
+def _totals(rows: Iterable[UsageRow]) -> dict[str, float]:
+    """The sums `GET /v1/usage` and the status page show (tokens stay whole numbers)."""
+    kept = list(rows)
+    return {name: sum(getattr(row, name) for row in kept) for name in TOTALS}
 
 
 @routes.get("/metrics")

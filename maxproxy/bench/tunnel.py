@@ -68,7 +68,10 @@ class Tunnel:
         for writer in self._clients.values():
             writer.transport.abort()
         if self._clients:
-            await asyncio.wait(self._clients, timeout=5)
+            _, stuck = await asyncio.wait(self._clients, timeout=5)
+            for task in stuck:  # a bound, not the way out: nothing is left running past close
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
         if self._dir is not None:

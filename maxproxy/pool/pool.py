@@ -75,7 +75,7 @@ class Pool:
 
     def states(self) -> dict[str, int]:
         """Worker processes by state (`busy` is the admitted requests, with or without a worker yet)."""
-        by_state = collections.Counter(h.state for h in self._holders)
+        by_state = self.by_state()
         return {
             "busy": self.admission.busy,
             "idle": by_state[S.IDLE],
@@ -105,7 +105,7 @@ class Pool:
     @property
     def total(self) -> int:
         """CLI processes starting or up (what counts against `max_workers`, less those being stopped)."""
-        return sum(1 for h in self._holders if h.state is not S.STOPPING)
+        return len(self._holders) - self._count(S.STOPPING)
 
     @property
     def queued(self) -> int:
